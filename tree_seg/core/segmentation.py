@@ -1,0 +1,548 @@
+"""Compose the stages of one segmentation run on a raster held in memory.
+
+This is the one place where the stages meet:
+
+1. read the raster and its valid mask (:mod:`tree_seg.io.reader`);
+2. resample it by ``window.scale`` (:mod:`tree_seg.features.resample`);
+3. extract patch features on the window grid (:mod:`tree_seg.features.extract`);
+4. choose K and fit K-means on L2-normalised patch vectors (V1.5);
+5. optionally refine with the V2 head (:mod:`tree_seg.clustering.head_refine`);
+6. upsample cell labels or scores to the input's pixels, snap to SLIC
+   superpixels if asked, and mark nodata pixels 255.
+
+:func:`segment` returns an :class:`xarray.Dataset`; :func:`segment_to_files`
+also writes the label GeoTIFF, the metadata JSON and the pictures.
+The Dask engine (:mod:`tree_seg.engine`) runs the same stage functions per chunk.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from tree_seg.clustering.elbow import select_k
+from tree_seg.clustering.head_refine import HeadRefineResult, refine
+from tree_seg.clustering.kmeans import assign, fit_kmeans, l2_normalize
+from tree_seg.clustering.sampling import sample_fraction, sample_patches
+from tree_seg.config import SegmentationConfig
+from tree_seg.core.export import method_label, write_run_outputs
+from tree_seg.core.labels import NODATA_LABEL, upsample_labels, upsample_scores
+from tree_seg.core.profiling import RunProfile
+from tree_seg.core.snapping import slic_snap
+from tree_seg.core.versions import package_versions
+from tree_seg.exceptions import InvalidInputError
+from tree_seg.features.extract import extract_patch_features, patch_validity
+from tree_seg.features.grid import WindowGrid
+from tree_seg.features.resample import resample_image, resample_mask, resampled_shape
+from tree_seg.io.reader import RasterSource, open_raster
+from tree_seg.models import load_backbone
+from tree_seg.models.base import Backbone
+
+__all__ = [
+    "ClusterModel",
+    "FeatureGrid",
+    "SegmentationRun",
+    "extract_features",
+    "fit_clusters",
+    "label_pixels",
+    "run_segmentation",
+    "segment",
+    "segment_to_files",
+]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class FeatureGrid:
+    """Patch features of one raster, ready for clustering.
+
+    Attributes
+    ----------
+    features : ndarray of shape (patch_y, patch_x, feature), float32
+        L2-normalised patch vectors.
+    valid : ndarray of shape (patch_y, patch_x), bool
+        Patches with at least half of their pixels valid.
+    patch_size : int
+        Resampled pixels per patch.
+    input_shape, resampled_shape : tuple of int
+        (height, width) of the input and of the resampled image, in pixels.
+    image : ndarray of shape (band, y, x), float32 in [0, 1]
+        The input image (kept for SLIC, the V2 guide and pictures).
+    pixel_valid : ndarray of shape (y, x), bool
+        Valid mask of the input.
+    backbone : dict
+        :meth:`Backbone.info` of the backbone that made the features.
+    """
+
+    features: np.ndarray
+    valid: np.ndarray
+    patch_size: int
+    input_shape: tuple[int, int]
+    resampled_shape: tuple[int, int]
+    image: np.ndarray
+    pixel_valid: np.ndarray
+    backbone: dict[str, Any]
+
+
+@dataclass
+class ClusterModel:
+    """Fitted V1.5 model: chosen K, centroids and the elbow curve.
+
+    Attributes
+    ----------
+    k : int
+        Number of clusters.
+    centroids : ndarray of shape (cluster, feature), float32
+        Unit-length K-means centroids.
+    inertia : float
+        K-means inertia on the fitted sample (sum of squared distances).
+    elbow : dict or None
+        ``{"ks", "inertias", "drops", "threshold", "hit_top_of_range"}`` when
+        K came from the elbow rule.
+    n_samples : int
+        Patch vectors used for the fit.
+    """
+
+    k: int
+    centroids: np.ndarray
+    inertia: float
+    elbow: dict[str, Any] | None
+    n_samples: int
+
+
+def extract_features(
+    source: RasterSource,
+    config: SegmentationConfig,
+    *,
+    backbone: Backbone | None = None,
+    profile: RunProfile | None = None,
+) -> FeatureGrid:
+    """Read the raster, resample it and extract L2-normalised patch features.
+
+    Parameters
+    ----------
+    source : RasterSource
+        Opened input raster.
+    config : SegmentationConfig
+        Uses ``backbone``, ``window`` and ``read`` settings.
+    backbone : Backbone, optional
+        An already loaded backbone (loaded from ``config.backbone`` otherwise).
+    profile : RunProfile, optional
+        Receives stage times.
+
+    Returns
+    -------
+    FeatureGrid
+    """
+    profile = profile or RunProfile()
+    with profile.stage("load_backbone"):
+        backbone = backbone or load_backbone(config.backbone)
+    logger.info("backbone: %s", backbone.info()["name"])
+
+    with profile.stage("read"):
+        image, pixel_valid = source.read()
+    if not pixel_valid.any():
+        raise InvalidInputError(
+            f"no valid pixels in {source.path or source.stem}: check --nodata and --bands"
+        )
+
+    with profile.stage("features"):
+        scale = config.window.scale
+        shape = resampled_shape((source.height, source.width), scale)
+        resampled = resample_image(image, scale) if scale != 1.0 else image
+        model_valid = resample_mask(pixel_valid, scale) if scale != 1.0 else pixel_valid
+        grid = WindowGrid(
+            shape[0],
+            shape[1],
+            patch_size=backbone.patch_size,
+            window=config.window.window,
+            overlap=config.window.overlap,
+        )
+        features = extract_patch_features(
+            resampled,
+            grid,
+            backbone,
+            batch_size=config.backbone.batch_size,
+            on_batch=profile.record_batch,
+        )
+        valid = patch_validity(model_valid, backbone.patch_size)
+        flat = l2_normalize(features.reshape(-1, features.shape[-1]))
+        features = flat.reshape(features.shape)
+
+    logger.info(
+        "features: %d x %d patches of %d values, %d valid",
+        features.shape[0], features.shape[1], features.shape[2], int(valid.sum()),
+    )
+    return FeatureGrid(
+        features=features,
+        valid=valid,
+        patch_size=backbone.patch_size,
+        input_shape=(source.height, source.width),
+        resampled_shape=shape,
+        image=image,
+        pixel_valid=pixel_valid,
+        backbone=backbone.info(),
+    )
+
+
+def fit_clusters(grid: FeatureGrid, config: SegmentationConfig, *, profile: RunProfile | None = None) -> ClusterModel:
+    """Choose K (fixed or elbow) and fit K-means on a deterministic sample of valid patches."""
+    profile = profile or RunProfile()
+    cluster = config.cluster
+    n_valid = int(grid.valid.sum())
+    k_needed = cluster.k if cluster.k is not None else cluster.k_min
+    if n_valid < max(k_needed, 2):
+        raise InvalidInputError(
+            f"only {n_valid} valid patches for K={k_needed}: use a smaller --k or a larger input"
+        )
+
+    with profile.stage("clustering"):
+        fraction = sample_fraction(n_valid, cluster.max_samples)
+        chosen = sample_patches(grid.valid, seed=cluster.seed, fraction=fraction)
+        sample = grid.features[chosen]
+
+        elbow: dict[str, Any] | None = None
+        if cluster.k is None:
+            k_max = min(cluster.k_max, sample.shape[0] - 1)
+            k_min = min(cluster.k_min, k_max)
+            result = select_k(
+                sample,
+                k_min=k_min,
+                k_max=k_max,
+                threshold=cluster.elbow_threshold,
+                seed=cluster.seed,
+                n_init=cluster.n_init,
+            )
+            k = int(result.k)
+            elbow = {
+                "ks": [int(v) for v in result.ks],
+                "inertias": [float(v) for v in result.inertias],
+                "drops": [None if not np.isfinite(v) else float(v) for v in result.drops],
+                "threshold": cluster.elbow_threshold,
+                "hit_top_of_range": bool(result.hit_top_of_range),
+            }
+        else:
+            k = cluster.k
+
+        fit = fit_kmeans(sample, k, seed=cluster.seed, n_init=cluster.n_init)
+
+    logger.info("K-means: K=%d on %d of %d valid patches", k, sample.shape[0], n_valid)
+    return ClusterModel(
+        k=k, centroids=fit.centroids, inertia=float(fit.inertia), elbow=elbow, n_samples=int(sample.shape[0])
+    )
+
+
+def _kmeans_scores(grid: FeatureGrid, model: ClusterModel) -> tuple[np.ndarray, np.ndarray]:
+    """Return patch labels (patch_y, patch_x) and scores (cluster, patch_y, patch_x)."""
+    h, w, d = grid.features.shape
+    labels, sq_distances = assign(grid.features.reshape(-1, d), model.centroids)
+    scores = -np.asarray(sq_distances, dtype=np.float32).T.reshape(model.k, h, w)
+    return np.asarray(labels).reshape(h, w), scores
+
+
+def _guide(grid: FeatureGrid, config: SegmentationConfig) -> tuple[np.ndarray, np.ndarray]:
+    scale = config.window.scale
+    if scale == 1.0:
+        return grid.image, grid.pixel_valid
+    return resample_image(grid.image, scale), resample_mask(grid.pixel_valid, scale)
+
+
+def _refine_head(
+    grid: FeatureGrid, model: ClusterModel, patch_labels: np.ndarray, config: SegmentationConfig
+) -> HeadRefineResult:
+    guide, guide_valid = (None, None)
+    if config.head_refine.blend == "guided":
+        guide, guide_valid = _guide(grid, config)
+    return refine(
+        grid.features,
+        grid.valid,
+        model.centroids,
+        config.head_refine,
+        patch_size=grid.patch_size,
+        guide=guide,
+        guide_valid=guide_valid,
+        kmeans_labels=patch_labels,
+    )
+
+
+def label_pixels(
+    grid: FeatureGrid,
+    cell_labels: np.ndarray,
+    cell_scores: np.ndarray,
+    *,
+    cell_size: int,
+    k: int,
+    config: SegmentationConfig,
+    profile: RunProfile | None = None,
+) -> np.ndarray:
+    """Upsample cell labels or scores to input pixels, snap, and mask nodata.
+
+    Returns
+    -------
+    ndarray of shape (y, x), uint8
+        Labels 0..K-1, 255 on nodata pixels.
+    """
+    profile = profile or RunProfile()
+    with profile.stage("labels"):
+        shapes = {"cell_size": cell_size, "input_shape": grid.input_shape, "resampled_shape": grid.resampled_shape}
+        if config.labels.upsampling == "nearest":
+            pixels = upsample_labels(cell_labels, **shapes)
+        else:
+            pixels = upsample_scores(cell_scores, **shapes)
+        labels = pixels.astype(np.uint8)
+        labels[~grid.pixel_valid] = NODATA_LABEL
+
+    if config.labels.refine == "slic":
+        with profile.stage("slic"):
+            labels = slic_snap(
+                grid.image,
+                labels,
+                grid.pixel_valid,
+                n_labels=k,
+                segment_size=config.labels.slic_size,
+                compactness=config.labels.slic_compactness,
+            )
+    return labels
+
+
+def _cells_from_refinement(
+    result: HeadRefineResult, patch_labels: np.ndarray, patch_size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Return V2 cell labels and scores, with K-means labels where V2 left cells empty."""
+    scores = np.asarray(result.responsibilities, dtype=np.float32)
+    labels = np.asarray(result.labels).copy()
+    empty = labels < 0
+    if empty.any():
+        factor = patch_size // result.cell_size
+        from_patches = np.repeat(np.repeat(patch_labels, factor, axis=0), factor, axis=1)
+        labels[empty] = from_patches[: labels.shape[0], : labels.shape[1]][empty]
+    return labels, scores
+
+
+def _dataset(
+    source: RasterSource,
+    labels: np.ndarray,
+    *,
+    model: ClusterModel,
+    config: SegmentationConfig,
+    grid: FeatureGrid,
+    refinement: HeadRefineResult | None,
+    return_scores: bool,
+) -> xr.Dataset:
+    coords = {name: source.data.coords[name] for name in ("y", "x") if name in source.data.coords}
+    label_array = xr.DataArray(labels, dims=("y", "x"), coords=coords, name="labels")
+    label_array.attrs.update({"_FillValue": NODATA_LABEL, "long_name": "cluster label"})
+    data_vars: dict[str, xr.DataArray] = {
+        "labels": label_array,
+        "centroids": xr.DataArray(model.centroids, dims=("cluster", "feature")),
+    }
+    if model.elbow is not None:
+        data_vars["inertia"] = xr.DataArray(
+            np.asarray(model.elbow["inertias"]), dims=("k",), coords={"k": model.elbow["ks"]}
+        )
+    if refinement is not None and return_scores:
+        data_vars["responsibilities"] = xr.DataArray(
+            np.asarray(refinement.responsibilities, dtype=np.float32),
+            dims=("cluster", "cell_y", "cell_x"),
+            attrs={"cell_size_px": refinement.cell_size, "units": "probability"},
+        )
+
+    dataset = xr.Dataset(data_vars)
+    dataset.attrs.update({"method": config.method, "k": model.k, "backbone": grid.backbone["name"]})
+    if refinement is not None:
+        dataset.attrs.update(
+            {"tau": float(refinement.tau), "iterations_run": int(refinement.iterations_run),
+             "converged": bool(refinement.converged), "fell_back": bool(refinement.fell_back)}
+        )
+    if source.georeferenced:
+        dataset = dataset.rio.write_crs(source.crs).rio.write_transform(source.transform)
+    return dataset
+
+
+@dataclass
+class SegmentationRun:
+    """Everything one run produced, before it becomes a Dataset or files."""
+
+    source: RasterSource
+    config: SegmentationConfig
+    grid: FeatureGrid
+    model: ClusterModel
+    refinement: HeadRefineResult | None
+    labels: np.ndarray
+    profile: RunProfile
+
+    def metadata(self) -> dict[str, Any]:
+        """Return the JSON-ready record of the run."""
+        return run_metadata(self.source, self.config, self.grid, self.model, self.refinement, self.profile)
+
+    def to_dataset(self, *, return_scores: bool = False) -> xr.Dataset:
+        """Return the labels and fitted model as an :class:`xarray.Dataset` (see :func:`segment`)."""
+        dataset = _dataset(
+            self.source, self.labels, model=self.model, config=self.config, grid=self.grid,
+            refinement=self.refinement, return_scores=return_scores,
+        )
+        dataset.attrs["metadata"] = self.metadata()
+        return dataset
+
+
+def run_segmentation(
+    source: str | Path | xr.DataArray | RasterSource,
+    config: SegmentationConfig | None = None,
+    *,
+    backbone: Backbone | None = None,
+    grid: FeatureGrid | None = None,
+    profile: RunProfile | None = None,
+) -> SegmentationRun:
+    """Run every stage on one raster and keep the intermediate results.
+
+    ``grid`` reuses features extracted earlier (a sweep over clustering
+    settings); it must come from the same source, backbone and window settings.
+    """
+    config = config or SegmentationConfig()
+    profile = profile or RunProfile(detailed=config.metrics)
+    if not isinstance(source, RasterSource):
+        source = open_raster(source, config.read, chunks=config.engine.chunk_size)
+
+    grid = grid or extract_features(source, config, backbone=backbone, profile=profile)
+    model = fit_clusters(grid, config, profile=profile)
+    patch_labels, patch_scores = _kmeans_scores(grid, model)
+
+    refinement: HeadRefineResult | None = None
+    cell_labels, cell_scores, cell_size = patch_labels, patch_scores, grid.patch_size
+    if config.method == "head-refine":
+        with profile.stage("head_refine"):
+            refinement = _refine_head(grid, model, patch_labels, config)
+        cell_labels, cell_scores = _cells_from_refinement(refinement, patch_labels, grid.patch_size)
+        cell_size = refinement.cell_size
+
+    labels = label_pixels(
+        grid, cell_labels, cell_scores, cell_size=cell_size, k=model.k, config=config, profile=profile
+    )
+    return SegmentationRun(
+        source=source, config=config, grid=grid, model=model, refinement=refinement, labels=labels, profile=profile
+    )
+
+
+def segment(
+    source: str | Path | xr.DataArray | RasterSource,
+    config: SegmentationConfig | None = None,
+    *,
+    backbone: Backbone | None = None,
+    return_scores: bool = False,
+    profile: RunProfile | None = None,
+) -> xr.Dataset:
+    """Segment one raster into K clusters of similar vegetation.
+
+    Parameters
+    ----------
+    source : str, Path, xarray.DataArray or RasterSource
+        A file GDAL can open, or a DataArray with dims ("band", "y", "x").
+    config : SegmentationConfig, optional
+        All settings; defaults to ``SegmentationConfig()`` (V1.5, automatic
+        backbone, elbow K).
+    backbone : Backbone, optional
+        A loaded backbone to reuse across calls.
+    return_scores : bool, default=False
+        With the V2 method, add the soft responsibilities as the
+        ``responsibilities`` variable (dims ("cluster", "cell_y", "cell_x")).
+    profile : RunProfile, optional
+        Receives stage times and memory.
+
+    Returns
+    -------
+    xarray.Dataset
+        ``labels`` (y, x) uint8, 0..K-1 and 255 on nodata, with the input's
+        CRS and transform in ``rio``; ``centroids`` (cluster, feature);
+        ``inertia`` (k) when K came from the elbow rule; attributes ``method``,
+        ``k``, ``backbone`` and, for V2, ``tau``, ``iterations_run``,
+        ``converged`` and ``fell_back``. ``attrs["metadata"]`` holds the full
+        run record (configuration, backbone, timings).
+
+    Examples
+    --------
+    >>> from tree_seg import SegmentationConfig, segment
+    >>> result = segment("examples/tcd_00000_image.tif")  # doctest: +SKIP
+    >>> result.labels.rio.crs  # doctest: +SKIP
+    """
+    run = run_segmentation(source, config, backbone=backbone, profile=profile)
+    return run.to_dataset(return_scores=return_scores)
+
+
+def segment_to_files(
+    source: str | Path | xr.DataArray | RasterSource,
+    outdir: str | Path,
+    config: SegmentationConfig | None = None,
+    *,
+    backbone: Backbone | None = None,
+    pictures: bool = True,
+) -> tuple[SegmentationRun, dict[str, Path]]:
+    """Segment one raster and write its label GeoTIFF, metadata JSON and pictures.
+
+    Returns
+    -------
+    run : SegmentationRun
+    files : dict of str to Path
+        Written files keyed by kind; names follow :class:`tree_seg.io.outputs.OutputManager`.
+    """
+    config = config or SegmentationConfig()
+    run = run_segmentation(source, config, backbone=backbone)
+    with run.profile.stage("write"):
+        files = write_run_outputs(
+            outdir=Path(outdir),
+            stem=run.source.stem,
+            method=method_label(config.method, config.labels.refine),
+            labels=run.labels,
+            image=run.grid.image,
+            k=run.model.k,
+            crs=run.source.crs,
+            transform=run.source.transform,
+            metadata=run.metadata(),
+            pictures=pictures,
+        )
+    return run, files
+
+
+def run_metadata(
+    source: RasterSource,
+    config: SegmentationConfig,
+    grid: FeatureGrid,
+    model: ClusterModel,
+    refinement: HeadRefineResult | None,
+    profile: RunProfile,
+) -> dict[str, Any]:
+    """Return the JSON-ready record of one run."""
+    record: dict[str, Any] = {
+        "method": config.method,
+        "input": source.to_dict(),
+        "configuration": config.to_dict(),
+        "backbone": grid.backbone,
+        "patch_grid": {"shape": list(grid.features.shape[:2]), "n_valid": int(grid.valid.sum())},
+        "k": model.k,
+        "k_source": "fixed" if model.elbow is None else "elbow",
+        "elbow": model.elbow,
+        "kmeans": {"inertia": model.inertia, "n_samples": model.n_samples},
+        "head_refine": None,
+        "profile": profile.to_dict(),
+        "versions": package_versions(),
+    }
+    if refinement is not None:
+        record["head_refine"] = {
+            "tau": float(refinement.tau),
+            "alpha": config.head_refine.alpha,
+            "iterations": config.head_refine.iterations,
+            "iterations_run": int(refinement.iterations_run),
+            "converged": bool(refinement.converged),
+            "fell_back": bool(refinement.fell_back),
+            "fallback_reason": refinement.fallback_reason,
+            "blend": config.head_refine.blend,
+            "cell_size_px": int(refinement.cell_size),
+            "priors": [float(p) for p in np.asarray(refinement.priors).ravel()],
+        }
+    return record
+
