@@ -85,7 +85,9 @@ class ReadConfig:
         valid.
     nodata_tolerance : float, default=0
         Largest difference from ``nodata``, in the input's units (digital
-        numbers for integer data), that still counts as nodata.
+        numbers for integer data), that still counts as nodata. A collar found
+        by ``"auto"`` uses at least 10/255 of the band's range, because JPEG
+        compression leaves near-collar values that an exact match misses.
     collar_buffer : int, default=3
         Pixels by which the nodata mask grows after small specks are removed,
         so the fringe that JPEG compression leaves along a collar is masked.
@@ -257,11 +259,17 @@ class HeadRefineConfig:
         Learn cluster mixing proportions in the E-step; False gives equal
         priors (the plain textbook form).
     guided_radius : int, default=8
-        Guided filter radius in pixels of the guide grid.
+        Guided filter radius in guide cells (``guide_stride`` pixels each);
+        the window is ``2 * guided_radius + 1`` cells wide.
     guided_eps : float, default=1e-3
-        Guided filter regularisation on [0, 1] intensities.
+        Guided filter regularisation, in squared [0, 1] intensity units: image
+        edges whose local variance is well above it are followed, flatter
+        areas are smoothed.
     guide_stride : int, default=4
         Pixels of the resampled image per guide cell; must divide the patch size.
+    guided_colour : bool, default=False
+        Guide with every image band (the colour guided filter, a C x C solve
+        per cell) instead of their mean (the grey-level filter).
     """
 
     tau: float | str = "auto"
@@ -273,6 +281,7 @@ class HeadRefineConfig:
     guided_radius: int = 8
     guided_eps: float = 1e-3
     guide_stride: int = 4
+    guided_colour: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.tau, str):
@@ -288,6 +297,8 @@ class HeadRefineConfig:
         _check_int("guided_radius", self.guided_radius, low=1, high=256)
         _check_range("guided_eps", self.guided_eps, low=0.0, low_inclusive=False)
         _check_int("guide_stride", self.guide_stride, low=1, high=64)
+        if not isinstance(self.guided_colour, bool):
+            raise ConfigurationError(f"invalid guided_colour={self.guided_colour!r}: expected True or False")
 
 
 @dataclass(frozen=True, kw_only=True)

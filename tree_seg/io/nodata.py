@@ -1,0 +1,442 @@
+"""Nodata rules and the pure functions that build masks from raw raster values.
+
+Every function here takes and returns NumPy arrays and does no I/O, so the
+reader can run them on a whole raster or on one window of it. Masks are bool
+arrays of dims ``(y, x)``. Those of :func:`value_mask`, :func:`nan_mask` and
+:func:`clean_collar` are True where a pixel is **nodata**, and
+:func:`valid_mask` combines them into the valid mask, True where a pixel has
+data.
+
+Collar clean-up is local: :func:`clean_collar` at a pixel depends only on the
+input within :func:`collar_halo` pixels of it, and pixels outside the raster
+count as "not nodata". Cleaning a window read with that halo (clipped at the
+raster edge) and cropping the halo off therefore gives exactly the crop of the
+cleaned whole raster.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from scipy import ndimage
+
+from tree_seg.config import ReadConfig
+from tree_seg.exceptions import InvalidInputError
+
+__all__ = [
+    "NodataRule",
+    "border_pixels",
+    "choose_nodata_rule",
+    "clean_collar",
+    "collar_halo",
+    "detect_collar_value",
+    "nan_mask",
+    "valid_mask",
+    "value_mask",
+    "widen_collar_tolerance",
+]
+
+COLLAR_MIN_FRACTION = 0.5
+"""Fraction of the outermost pixels that must share one value to call it a collar."""
+
+COLLAR_FRINGE_TOLERANCE = 10 / 255
+"""Smallest tolerance of a detected collar, as a fraction of the band scale (10 digital numbers in uint8).
+
+JPEG compression leaves blocks of almost-collar values up to about 10 pixels
+into the image (measured on the OAM-TCD tiles ``tcd_00000`` and
+``tcd_00004``), which the exact collar value misses and a dilation by a few
+pixels only partly covers. More than 40 pixels away from the collar, 0.11% of
+the pixels of ``tcd_00000`` and 0.02% of ``tcd_00004`` lie within 10 digital
+numbers of the collar value in every band.
+"""
+
+OPENING_RADIUS = 2
+"""Radius, in pixels, of the disk that removes nodata specks before the collar buffer."""
+
+NodataKind = Literal["tag", "alpha", "nan", "value", "collar", "none"]
+
+
+def _check_raw(raw: np.ndarray) -> None:
+    if raw.ndim != 3:
+        raise InvalidInputError(
+            f"invalid raw array of shape {raw.shape}: expected dims (band, y, x); "
+            "add a band axis with raw[None] for a single band"
+        )
+
+
+def value_mask(raw: np.ndarray, value: float, *, tolerance: float = 0.0) -> np.ndarray:
+    """Mark pixels whose every band lies within a tolerance of one value.
+
+    Parameters
+    ----------
+    raw : numpy.ndarray of shape (band, y, x)
+        Raw pixel values in the input's units (digital numbers for integer
+        data), any real dtype.
+    value : float
+        Nodata value in the same units.
+    tolerance : float, default=0
+        Largest absolute difference from ``value`` that still counts, in the
+        same units; 0 requires an exact match.
+
+    Returns
+    -------
+    numpy.ndarray of shape (y, x), bool
+        True where ``|raw - value| <= tolerance`` in every band. NaN never
+        matches, so NaN pixels need :func:`nan_mask`.
+    """
+    _check_raw(raw)
+    if tolerance < 0:
+        raise InvalidInputError(f"invalid tolerance={tolerance}: expected a value >= 0")
+
+    # float64 keeps the difference exact for every integer dtype up to 32 bits,
+    # where an unsigned subtraction in the input dtype would wrap around.
+    difference = np.abs(raw.astype(np.float64, copy=False) - float(value))
+    return np.all(difference <= tolerance, axis=0)
+
+
+def nan_mask(raw: np.ndarray) -> np.ndarray:
+    """Mark pixels that are NaN in any band.
+
+    Parameters
+    ----------
+    raw : numpy.ndarray of shape (band, y, x)
+        Raw pixel values, any real dtype.
+
+    Returns
+    -------
+    numpy.ndarray of shape (y, x), bool
+        True where at least one band is NaN; all False for integer input.
+    """
+    _check_raw(raw)
+    if not np.issubdtype(raw.dtype, np.floating):
+        return np.zeros(raw.shape[1:], dtype=bool)
+    return np.any(np.isnan(raw), axis=0)
+
+
+def _disk(radius: int) -> np.ndarray:
+    offsets = np.arange(-radius, radius + 1)
+    return offsets[:, None] ** 2 + offsets[None, :] ** 2 <= radius**2
+
+
+def collar_halo(buffer: int, opening_radius: int = 2) -> int:
+    """Return the halo, in pixels, that makes :func:`clean_collar` exact on a window.
+
+    An opening with a disk of radius ``r`` looks ``2 r`` pixels away (an
+    erosion, then a dilation, each reaching ``r``), and the dilation by
+    ``buffer`` looks ``buffer`` pixels further.
+
+    Parameters
+    ----------
+    buffer : int
+        Growth of the mask in pixels, >= 0.
+    opening_radius : int, default=2
+        Radius in pixels of the disk used to remove specks, >= 0.
+
+    Returns
+    -------
+    int
+        ``2 * opening_radius + buffer``.
+    """
+    _check_radius("buffer", buffer)
+    _check_radius("opening_radius", opening_radius)
+    return 2 * opening_radius + buffer
+
+
+def _check_radius(name: str, value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise InvalidInputError(f"invalid {name}={value!r}: expected an integer >= 0")
+
+
+def clean_collar(nodata: np.ndarray, *, buffer: int, opening_radius: int = 2) -> np.ndarray:
+    """Remove nodata specks, then grow the nodata mask along its edges.
+
+    A binary opening with a disk of radius ``opening_radius`` removes every
+    nodata region that contains no such disk, so isolated pure-black or
+    pure-white pixels inside the image, such as deep shadows or saturated
+    roofs, stay valid. A binary dilation with a disk of radius ``buffer``
+    then grows what is left, which masks the fringe of almost-collar values
+    that lossy (JPEG) compression leaves along the edge of a collar. The
+    opening also rounds off sharp corners (3 pixels per right-angled corner
+    for radius 2), which a buffer of 2 or more covers again.
+
+    Parameters
+    ----------
+    nodata : numpy.ndarray of shape (y, x), bool
+        True where a pixel is nodata before clean-up.
+    buffer : int
+        Growth in pixels, >= 0; 0 skips the dilation.
+    opening_radius : int, default=2
+        Disk radius in pixels for speck removal, >= 0; 0 skips the opening.
+
+    Returns
+    -------
+    numpy.ndarray of shape (y, x), bool
+        The cleaned nodata mask. Pixels outside the array count as not
+        nodata, so a collar thinner than the disk along the raster edge is
+        removed like a speck. The result at a pixel depends only on the input
+        within ``collar_halo(buffer, opening_radius)`` pixels of it.
+    """
+    if nodata.ndim != 2:
+        raise InvalidInputError(f"invalid nodata mask of shape {nodata.shape}: expected dims (y, x)")
+    _check_radius("buffer", buffer)
+    _check_radius("opening_radius", opening_radius)
+
+    cleaned = nodata.astype(bool, copy=False)
+
+    if opening_radius > 0:
+        # A disk fits ragged diagonal collar edges that a square would miss;
+        # on tcd_00000 it leaves a third as many near-black fringe pixels.
+        cleaned = ndimage.binary_opening(cleaned, structure=_disk(opening_radius), border_value=0)
+
+    if buffer > 0:
+        cleaned = ndimage.binary_dilation(cleaned, structure=_disk(buffer), border_value=0)
+
+    return cleaned
+
+
+def border_pixels(raw: np.ndarray) -> np.ndarray:
+    """Collect the outermost pixels of a raster: its first and last row and column.
+
+    Parameters
+    ----------
+    raw : numpy.ndarray of shape (band, y, x)
+        Raw pixel values.
+
+    Returns
+    -------
+    numpy.ndarray of shape (band, n)
+        The pixels of the four edges, corners included once per edge, so
+        ``n = 2 * x + 2 * y`` (fewer for a raster one pixel high or wide).
+    """
+    _check_raw(raw)
+    rows = [raw[:, 0, :]]
+    if raw.shape[1] > 1:
+        rows.append(raw[:, -1, :])
+    columns = [raw[:, :, 0]]
+    if raw.shape[2] > 1:
+        columns.append(raw[:, :, -1])
+    return np.concatenate(rows + columns, axis=1)
+
+
+def detect_collar_value(border: np.ndarray, dtype_max: float | None) -> float | None:
+    """Find the value of a collar from the raster's outermost pixels.
+
+    ``ReadConfig(nodata="auto")`` uses this rule when the input has no
+    nodata tag, alpha band or NaN. An orthomosaic clipped to its flight
+    footprint is usually padded to a rectangle with one fill colour, black
+    (0) or white (the dtype's maximum), and that fill covers most of the
+    raster's border. So when more than half of the outermost pixels are exactly
+    0 in every band, the collar value is 0. Otherwise, when more than half
+    are exactly ``dtype_max`` in every band, the collar value is
+    ``dtype_max``. Otherwise there is no collar. Real image content rarely
+    fills half of the border with one exact value in every band.
+
+    Parameters
+    ----------
+    border : numpy.ndarray of shape (band, n)
+        Raw values of the outermost pixels (see :func:`border_pixels`).
+    dtype_max : float or None
+        The white fill value: 255 for uint8, 65535 for uint16, 1.0 for float
+        data in [0, 1]. ``None`` checks only for a black collar.
+
+    Returns
+    -------
+    float or None
+        0.0, ``dtype_max`` or ``None`` when no collar is found.
+    """
+    if border.ndim != 2:
+        raise InvalidInputError(f"invalid border array of shape {border.shape}: expected dims (band, n)")
+    if border.shape[1] == 0:
+        return None
+
+    candidates = [0.0] if dtype_max is None else [0.0, float(dtype_max)]
+    for candidate in candidates:
+        fraction = float(np.mean(np.all(border == candidate, axis=0)))
+        if fraction > COLLAR_MIN_FRACTION:
+            return candidate
+    return None
+
+
+@dataclass(frozen=True)
+class NodataRule:
+    """Rule that computes the valid mask of a raster, recorded in the run metadata.
+
+    Pixels that are NaN in any selected band are invalid under every rule,
+    ``"none"`` included, because no backbone accepts NaN. An alpha band, when
+    the file has one, marks pixels with alpha 0 as nodata under every kind
+    except ``"none"``.
+
+    Parameters
+    ----------
+    kind : {"tag", "alpha", "nan", "value", "collar", "none"}
+        ``"tag"``: the file's nodata tag. A pixel whose every band is within
+        ``tolerance`` of ``value`` is always nodata, and the mask also grows
+        by ``buffer`` pixels after specks are removed. So a lossy-compressed
+        collar written with a tag loses its fringe, while isolated tagged
+        pixels (saturated roofs under a tag of 255) stay nodata but do not
+        grow. ``"alpha"``: alpha 0 only. ``"nan"``: NaN only. ``"value"``: an
+        explicit nodata value. ``"collar"``: a value found on the raster
+        border. For ``"value"`` and ``"collar"`` the pixels within
+        ``tolerance`` of ``value`` in every band lose specks that hold no
+        disk of radius 2 and then grow by ``buffer`` pixels (see
+        :func:`clean_collar`). ``"none"``: every pixel that is not NaN is
+        valid.
+    value : float or None, default=None
+        Nodata value in raw input units, for ``"tag"``, ``"value"`` and
+        ``"collar"``.
+    tolerance : float, default=0
+        Largest difference from ``value`` that still counts, in raw units.
+    buffer : int, default=0
+        Growth of the cleaned mask in pixels.
+    alpha_band : int or None, default=None
+        1-based index of the alpha band in the file.
+    """
+
+    kind: NodataKind
+    value: float | None = None
+    tolerance: float = 0.0
+    buffer: int = 0
+    alpha_band: int | None = None
+
+    @property
+    def halo(self) -> int:
+        """Pixels a window must be read beyond its edges to get an exact mask."""
+        if self.kind in ("tag", "value", "collar"):
+            return collar_halo(self.buffer, OPENING_RADIUS)
+        return 0
+
+
+def valid_mask(
+    raw: np.ndarray,
+    rule: NodataRule,
+    *,
+    alpha: np.ndarray | None = None,
+    clean: bool = True,
+) -> np.ndarray:
+    """Build the valid mask of raw pixels under a nodata rule.
+
+    Parameters
+    ----------
+    raw : numpy.ndarray of shape (band, y, x)
+        Raw values of the selected bands, in input units.
+    rule : NodataRule
+        The rule; see :class:`NodataRule`.
+    alpha : numpy.ndarray of shape (y, x) or None, default=None
+        The alpha band; 0 is nodata.
+    clean : bool, default=True
+        Apply :func:`clean_collar` to value-based rules. Pass False for a
+        decimated sample, where distances in pixels no longer hold.
+
+    Returns
+    -------
+    numpy.ndarray of shape (y, x), bool
+        True where the pixel has data.
+    """
+    nodata = nan_mask(raw)
+
+    if rule.kind in ("tag", "value", "collar"):
+        matches = value_mask(raw, rule.value, tolerance=rule.tolerance)
+        if clean:
+            cleaned = clean_collar(matches, buffer=rule.buffer, opening_radius=OPENING_RADIUS)
+            matches = cleaned | matches if rule.kind == "tag" else cleaned
+        nodata |= matches
+
+    if alpha is not None and rule.kind != "none":
+        nodata |= alpha == 0
+
+    return ~nodata
+
+
+def _white_value(dtype: np.dtype, sample: np.ndarray) -> float | None:
+    if np.issubdtype(dtype, np.integer):
+        return float(np.iinfo(dtype).max)
+    finite = sample[np.isfinite(sample)]
+    in_unit_range = finite.size > 0 and finite.min() >= 0 and finite.max() <= 1
+    return 1.0 if in_unit_range else None
+
+
+def choose_nodata_rule(
+    config: ReadConfig,
+    *,
+    tag: float | None,
+    alpha_band: int | None,
+    sample: np.ndarray,
+    border: np.ndarray,
+) -> NodataRule:
+    """Choose the nodata rule of a raster from its settings, metadata and pixels.
+
+    Parameters
+    ----------
+    config : ReadConfig
+        ``nodata``, ``nodata_tolerance`` and ``collar_buffer`` are used.
+    tag : float or None
+        The nodata tag of the selected bands (NaN for a NaN tag).
+    alpha_band : int or None
+        1-based index of the alpha band, if any.
+    sample : numpy.ndarray of shape (band, h, w)
+        Raw values of a decimated sample of the selected bands.
+    border : numpy.ndarray of shape (band, n)
+        Raw values of the raster's outermost pixels.
+
+    Returns
+    -------
+    NodataRule
+        A ``"collar"`` rule here carries ``config.nodata_tolerance``; the
+        reader widens it to the JPEG fringe tolerance once the band scale is
+        known.
+
+    Notes
+    -----
+    The order under ``nodata="auto"`` is: tag, alpha band, NaN in a float
+    sample, a collar found by :func:`detect_collar_value` (the white value is
+    the dtype's maximum, or 1.0 for float data in [0, 1]), then ``"none"``.
+    """
+    if config.nodata == "none":
+        return NodataRule("none")
+
+    if not isinstance(config.nodata, str):
+        return NodataRule("value", value=float(config.nodata), tolerance=config.nodata_tolerance,
+                          buffer=config.collar_buffer, alpha_band=alpha_band)
+
+    if tag is not None:
+        if math.isnan(tag):
+            return NodataRule("nan", alpha_band=alpha_band)
+        return NodataRule("tag", value=float(tag), tolerance=config.nodata_tolerance,
+                          buffer=config.collar_buffer, alpha_band=alpha_band)
+
+    if alpha_band is not None:
+        return NodataRule("alpha", alpha_band=alpha_band)
+
+    if np.issubdtype(sample.dtype, np.floating) and np.isnan(sample).any():
+        return NodataRule("nan")
+
+    collar = detect_collar_value(border, _white_value(sample.dtype, sample))
+    if collar is not None:
+        return NodataRule("collar", value=collar, tolerance=config.nodata_tolerance,
+                          buffer=config.collar_buffer)
+    return NodataRule("none")
+
+
+def widen_collar_tolerance(rule: NodataRule, band_scale: np.ndarray) -> NodataRule:
+    """Raise the tolerance of a ``"collar"`` rule to cover JPEG's almost-collar pixels.
+
+    Parameters
+    ----------
+    rule : NodataRule
+        Any rule; kinds other than ``"collar"`` come back unchanged.
+    band_scale : numpy.ndarray of shape (band,)
+        Per-band scale in raw units (255 for uint8).
+
+    Returns
+    -------
+    NodataRule
+        The collar rule with ``tolerance = max(tolerance, 10/255 * min(band_scale))``.
+    """
+    if rule.kind != "collar":
+        return rule
+    tolerance = max(rule.tolerance, COLLAR_FRINGE_TOLERANCE * float(np.min(band_scale)))
+    return dataclasses.replace(rule, tolerance=tolerance)
