@@ -10,6 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
+from tree_seg.cli import params as p
 from tree_seg.cli.options import build_config, parse_bands, parse_k_range, parse_nodata, parse_tau
 from tree_seg.config import SegmentationConfig, profile_names
 from tree_seg.exceptions import TreeSegError
@@ -25,9 +26,6 @@ app = typer.Typer(
 logger = logging.getLogger("tree_seg.cli")
 
 RASTER_SUFFIXES = {".tif", ".tiff", ".vrt", ".png", ".jpg", ".jpeg", ".jp2", ".img"}
-
-_V1 = "V1.5 and V2"
-_V2 = "V2 (--model head-refine) only"
 
 
 def _setup_logging(verbose: int, quiet: bool) -> None:
@@ -85,39 +83,87 @@ def _check_v2_options(config_method: str, v2_given: dict[str, Any]) -> None:
         )
 
 
+def _config_from_options(
+    *,
+    method: str | None,
+    profile: str | None,
+    profiles_file: Path | None,
+    options: dict[str, Any],
+) -> SegmentationConfig:
+    """Build the configuration from the options shared by segment, evaluate and sweep."""
+    o = options
+    if o.get("k") is not None and o.get("k_range") is not None:
+        raise typer.BadParameter("--k and --k-range conflict: give a fixed K or a range, not both")
+    k_min, k_max = parse_k_range(o["k_range"]) if o.get("k_range") else (None, None)
+    threshold = o.get("elbow_threshold")
+    tau = o.get("tau")
+
+    config = build_config(
+        profile=profile,
+        profiles_file=profiles_file,
+        given={
+            "method": method,
+            "metrics": o.get("metrics") or None,
+            "read": {
+                "bands": parse_bands(o["bands"]) if o.get("bands") else None,
+                "nodata": parse_nodata(o["nodata"]) if o.get("nodata") else None,
+                "nodata_tolerance": o.get("nodata_tolerance"),
+                "collar_buffer": o.get("collar_buffer"),
+            },
+            "backbone": {
+                "name": o.get("backbone"), "weights": o.get("weights"),
+                "device": o.get("device"), "batch_size": o.get("batch_size"),
+            },
+            "window": {"window": o.get("window"), "overlap": o.get("overlap"), "scale": o.get("scale")},
+            "cluster": {
+                "k": o.get("k"), "k_min": k_min, "k_max": k_max, "seed": o.get("seed"),
+                "elbow_threshold": None if threshold is None else threshold / 100.0,
+            },
+            "head_refine": {
+                "tau": parse_tau(tau) if isinstance(tau, str) else tau,
+                "alpha": o.get("alpha"), "iterations": o.get("iterations"), "blend": o.get("blend"),
+            },
+            "labels": {"upsampling": o.get("upsampling"), "refine": o.get("refine"), "slic_size": o.get("slic_size")},
+        },
+    )
+    if o.get("slic_size") is not None and config.labels.refine != "slic":
+        raise typer.BadParameter("--slic-size only applies with --refine slic")
+    return config
+
+
 @app.command()
 def segment(
     inputs: Annotated[list[str], typer.Argument(help="Raster files, folders of rasters, or glob patterns.", show_default=False)],
     outdir: Annotated[Path, typer.Option("--output", "-o", help="Output folder (created when missing).")],
     model: Annotated[str | None, typer.Option("--model", help="Method: kmeans (V1.5) or head-refine (V2). [default: kmeans]", show_default=False)] = None,
-    backbone: Annotated[str | None, typer.Option(help="Feature backbone: auto, texture, dinov3_vits16, dinov3_vitb16, dinov3_vitl16, dinov3_vith16plus, dinov3_vit7b16, dinov3_vitl16_sat, dinov2_vits14, dinov2_vitb14, dinov2_vitl14, dinov2_vitg14, or the aliases small/base/large/huge (DINOv3). auto uses DINOv3 ViT-S/16 when its weights are in the Hugging Face cache, else texture. [default: auto]", show_default=False)] = None,
-    weights: Annotated[Path | None, typer.Option(help="Folder with a Hugging Face checkpoint (config.json, model.safetensors) for the backbone; without it the Hugging Face cache is searched.", show_default=False)] = None,
-    profile: Annotated[str | None, typer.Option(help="Preset from profiles.toml: quick, balanced or quality; options given here override it.", show_default=False)] = None,
-    profiles_file: Annotated[Path | None, typer.Option(help="Another TOML file of presets for --profile.", show_default=False)] = None,
-    k: Annotated[int | None, typer.Option("--k", help="Fixed number of clusters K (2-254); skips the elbow rule.", show_default=False)] = None,
-    k_range: Annotated[str | None, typer.Option(help="Inclusive K range A:B searched by the elbow rule. [default: 2:10]", show_default=False)] = None,
-    elbow_threshold: Annotated[float | None, typer.Option(help="Relative inertia drop, in percent, below which one more cluster is not worth it; the elbow is the K before the first K whose drop falls below it. [default: 10]", show_default=False)] = None,
-    refine: Annotated[str | None, typer.Option(help="Pixel snapping after labels are made: none or slic (majority label per SLIC superpixel). [default: none]", show_default=False)] = None,
-    upsampling: Annotated[str | None, typer.Option(help="Patch scores to pixels: nearest (hard labels) or bilinear (soft scores, then argmax). [default: nearest]", show_default=False)] = None,
-    slic_size: Annotated[int | None, typer.Option(help="SLIC superpixel side in input pixels, with --refine slic. [default: 16]", show_default=False)] = None,
-    nodata: Annotated[str | None, typer.Option(help="Nodata value in input units (a pixel is nodata when all its bands equal it, within --nodata-tolerance), 'auto' (tag, alpha band, NaN, then a black or white border collar) or 'none'. [default: auto]", show_default=False)] = None,
-    nodata_tolerance: Annotated[float | None, typer.Option(help="Largest difference from --nodata, in input units, that still counts as nodata. [default: 0]", show_default=False)] = None,
-    collar_buffer: Annotated[int | None, typer.Option(help="Pixels by which a value-based nodata mask grows after specks are removed, to cover a JPEG fringe. [default: 3]", show_default=False)] = None,
-    bands: Annotated[str | None, typer.Option(help="1-based band indices as in GDAL, e.g. 1,2,3. [default: bands 1-3, alpha excluded]", show_default=False)] = None,
-    window: Annotated[int | None, typer.Option(help="Window side in pixels of the resampled image; a multiple of the patch size (16 DINOv3, 14 DINOv2). [default: 448]", show_default=False)] = None,
-    overlap: Annotated[int | None, typer.Option(help="Overlap between windows in pixels; a multiple of the patch size. [default: 112]", show_default=False)] = None,
-    scale: Annotated[float | None, typer.Option(help="Resampling factor before feature extraction (0.5 halves each side); labels are written on the input grid. [default: 1.0]", show_default=False)] = None,
-    seed: Annotated[int | None, typer.Option(help="Seed of K-means and patch sampling. [default: 0]", show_default=False)] = None,
-    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda. [default: auto]", show_default=False)] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Windows per forward pass. [default: 8]", show_default=False)] = None,
-    tau: Annotated[str | None, typer.Option(help=f"{_V2}: softmax temperature on squared distances of unit vectors (range 0-4), > 0, or 'auto'. Smaller is harder. [default: auto]", show_default=False)] = None,
-    alpha: Annotated[float | None, typer.Option(help=f"{_V2}: weight of the spatial blend in [0, 1]. [default: 0.5]", show_default=False)] = None,
-    iterations: Annotated[int | None, typer.Option(help=f"{_V2}: most EM iterations, >= 1. [default: 5]", show_default=False)] = None,
-    blend: Annotated[str | None, typer.Option(help=f"{_V2}: neighbour (3 x 3 patch mean) or guided (image-guided filter at near-pixel resolution). [default: guided]", show_default=False)] = None,
-    metrics: Annotated[bool, typer.Option("--metrics", help="Print a per-stage table and record per-window timing, peak RSS and peak VRAM.")] = False,
-    pictures: Annotated[bool, typer.Option("--pictures/--no-pictures", help="Write the PNG pictures.")] = True,
-    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More log output (-vv for debug).")] = 0,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors.")] = False,
+    backbone: p.BackboneOption = None,
+    weights: p.WeightsOption = None,
+    profile: p.ProfileOption = None,
+    profiles_file: p.ProfilesFileOption = None,
+    k: p.KOption = None,
+    k_range: p.KRangeOption = None,
+    elbow_threshold: p.ElbowThresholdOption = None,
+    refine: p.RefineOption = None,
+    upsampling: p.UpsamplingOption = None,
+    slic_size: p.SlicSizeOption = None,
+    nodata: p.NodataOption = None,
+    nodata_tolerance: p.NodataToleranceOption = None,
+    collar_buffer: p.CollarBufferOption = None,
+    bands: p.BandsOption = None,
+    window: p.WindowOption = None,
+    overlap: p.OverlapOption = None,
+    scale: p.ScaleOption = None,
+    seed: p.SeedOption = None,
+    device: p.DeviceOption = None,
+    batch_size: p.BatchSizeOption = None,
+    tau: p.TauOption = None,
+    alpha: p.AlphaOption = None,
+    iterations: p.IterationsOption = None,
+    blend: p.BlendOption = None,
+    metrics: p.MetricsOption = False,
+    pictures: p.PicturesOption = True,
+    verbose: p.VerboseOption = 0,
+    quiet: p.QuietOption = False,
 ) -> None:
     """Segment rasters and write labels, metadata and pictures to OUTDIR.
 
@@ -126,44 +172,19 @@ def segment(
     reported and the others go on; the exit code is 1 when any input failed.
     """
     _setup_logging(verbose, quiet)
-    if k is not None and k_range is not None:
-        raise typer.BadParameter("--k and --k-range conflict: give a fixed K or a range, not both")
-    k_min, k_max = parse_k_range(k_range) if k_range else (None, None)
-
-    v2_options = {"tau": tau, "alpha": alpha, "iterations": iterations, "blend": blend}
-    config = build_config(
-        profile=profile,
-        profiles_file=profiles_file,
-        given={
-            "method": model,
-            "metrics": metrics or None,
-            "read": {
-                "bands": parse_bands(bands) if bands else None,
-                "nodata": parse_nodata(nodata) if nodata else None,
-                "nodata_tolerance": nodata_tolerance,
-                "collar_buffer": collar_buffer,
-            },
-            "backbone": {"name": backbone, "weights": weights, "device": device, "batch_size": batch_size},
-            "window": {"window": window, "overlap": overlap, "scale": scale},
-            "cluster": {
-                "k": k, "k_min": k_min, "k_max": k_max, "seed": seed,
-                "elbow_threshold": None if elbow_threshold is None else elbow_threshold / 100.0,
-            },
-            "head_refine": {**v2_options, "tau": parse_tau(tau) if tau else None},
-            "labels": {"upsampling": upsampling, "refine": refine, "slic_size": slic_size},
-        },
-    )
-    _check_v2_options(config.method, v2_options)
-    if slic_size is not None and config.labels.refine != "slic":
-        raise typer.BadParameter("--slic-size only applies with --refine slic")
+    options = {name: value for name, value in locals().items() if name not in ("inputs", "outdir", "model", "profile", "profiles_file")}
+    config = _config_from_options(method=model, profile=profile, profiles_file=profiles_file, options=options)
+    _check_v2_options(config.method, {"tau": tau, "alpha": alpha, "iterations": iterations, "blend": blend})
 
     paths = expand_inputs(inputs)
-    failures = run_batch(paths, outdir, config, show_metrics=metrics)
+    failures = run_batch(paths, outdir, config, show_metrics=metrics, pictures=pictures)
     if failures:
         raise typer.Exit(code=1)
 
 
-def run_batch(paths: list[Path], outdir: Path, config: SegmentationConfig, *, show_metrics: bool) -> int:
+def run_batch(
+    paths: list[Path], outdir: Path, config: SegmentationConfig, *, show_metrics: bool, pictures: bool = True
+) -> int:
     """Segment each path with one loaded backbone; return the number of failures."""
     from tree_seg.core.segmentation import segment_to_files
     from tree_seg.models import load_backbone
@@ -177,7 +198,7 @@ def run_batch(paths: list[Path], outdir: Path, config: SegmentationConfig, *, sh
     rows: list[tuple[str, str, str]] = []
     for path in paths:
         try:
-            run, files = segment_to_files(path, outdir, config, backbone=backbone)
+            run, files = segment_to_files(path, outdir, config, backbone=backbone, pictures=pictures)
         except (TreeSegError, OSError) as error:
             logger.error("failed on %s: %s", path, error)
             rows.append((str(path), "failed", str(error)))
@@ -194,6 +215,153 @@ def run_batch(paths: list[Path], outdir: Path, config: SegmentationConfig, *, sh
     if len(rows) > 1 or failed:
         typer.echo(f"{len(rows) - failed} of {len(rows)} inputs segmented, {failed} failed")
     return failed
+
+
+def _shared_options(scope: dict[str, Any]) -> dict[str, Any]:
+    skip = {"inputs", "outdir", "model", "profile", "profiles_file", "dataset", "source", "mask", "taus", "alphas"}
+    return {name: value for name, value in scope.items() if name not in skip}
+
+
+def _format_score(value: Any) -> str:
+    return "   n/a" if value is None or (isinstance(value, float) and value != value) else f"{value:6.3f}"
+
+
+@app.command()
+def evaluate(
+    dataset: Annotated[Path, typer.Argument(help="Folder with images/ and masks/ whose files pair by stem.", show_default=False)],
+    outdir: Annotated[Path, typer.Option("--output", "-o", help="Output folder for results.json, results.csv and pictures.")],
+    model: Annotated[list[str] | None, typer.Option("--model", help="Method to score; repeat to compare: kmeans, head-refine, kmeans+slic, head-refine+slic. [default: all four]", show_default=False)] = None,
+    backbone: p.BackboneOption = None,
+    weights: p.WeightsOption = None,
+    profile: p.ProfileOption = None,
+    profiles_file: p.ProfilesFileOption = None,
+    k: p.KOption = None,
+    k_range: p.KRangeOption = None,
+    elbow_threshold: p.ElbowThresholdOption = None,
+    upsampling: p.UpsamplingOption = None,
+    slic_size: p.SlicSizeOption = None,
+    nodata: p.NodataOption = None,
+    nodata_tolerance: p.NodataToleranceOption = None,
+    collar_buffer: p.CollarBufferOption = None,
+    bands: p.BandsOption = None,
+    window: p.WindowOption = None,
+    overlap: p.OverlapOption = None,
+    scale: p.ScaleOption = None,
+    seed: p.SeedOption = None,
+    device: p.DeviceOption = None,
+    batch_size: p.BatchSizeOption = None,
+    tau: p.TauOption = None,
+    alpha: p.AlphaOption = None,
+    iterations: p.IterationsOption = None,
+    blend: p.BlendOption = None,
+    pictures: p.PicturesOption = True,
+    verbose: p.VerboseOption = 0,
+    quiet: p.QuietOption = False,
+) -> None:
+    """Score methods on a labelled dataset folder: mIoU, boundary F, pixel accuracy.
+
+    Features are computed once per image and reused by every method.
+    """
+    from tree_seg.evaluation.harness import evaluate_dataset, parse_variant
+    from tree_seg.exceptions import ConfigurationError
+
+    _setup_logging(verbose, quiet)
+    options = _shared_options(locals())
+    if slic_size is not None:
+        options["refine"] = "slic"
+    config = _config_from_options(method=None, profile=profile, profiles_file=profiles_file, options=options)
+    try:
+        methods = [parse_variant(name).name for name in (model or ["kmeans", "head-refine", "kmeans+slic", "head-refine+slic"])]
+    except ConfigurationError as error:
+        raise typer.BadParameter(str(error)) from None
+    if not any(name.startswith("head-refine") for name in methods):
+        _check_v2_options("kmeans", {"tau": tau, "alpha": alpha, "iterations": iterations, "blend": blend})
+
+    try:
+        results = evaluate_dataset(dataset, outdir, config, methods=methods, pictures=pictures)
+    except TreeSegError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(code=1) from None
+
+    typer.echo(f"\n{'method':<20}{'mIoU m2o':>10}{'mIoU hung':>11}{'bound. F':>10}{'pix acc':>9}{'K':>10}{'seconds':>9}")
+    for name, summary in results["methods"].items():
+        ks = ",".join(str(v) for v in summary["k"])
+        typer.echo(
+            f"{name:<20}{_format_score(summary['miou_many_to_one']):>10}{_format_score(summary['miou_hungarian']):>11}"
+            f"{_format_score(summary['boundary_f']):>10}{_format_score(summary['pixel_accuracy']):>9}{ks:>10}"
+            f"{summary['total_seconds']:>9.1f}"
+        )
+    typer.echo(f"\nwrote {outdir / 'results.json'}")
+
+
+def _parse_list(text: str, parse: Any, option: str) -> list[Any]:
+    values = [part.strip() for part in text.split(",") if part.strip()]
+    if not values:
+        raise typer.BadParameter(f"invalid {option} {text!r}: give comma-separated values")
+    return [parse(value) for value in values]
+
+
+def _parse_alpha(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise typer.BadParameter(f"invalid --alphas value {text!r}: use numbers in [0, 1]") from None
+    if not 0.0 <= value <= 1.0:
+        raise typer.BadParameter(f"invalid --alphas value {text!r}: alpha must lie in [0, 1]")
+    return value
+
+
+@app.command()
+def sweep(
+    source: Annotated[Path, typer.Argument(help="Raster to sweep on.", show_default=False)],
+    outdir: Annotated[Path, typer.Option("--output", "-o", help="Output folder for sweep.csv and sweep.json.")],
+    taus: Annotated[str, typer.Option("--taus", help="Comma-separated tau values (> 0, or auto).")] = "auto,0.05,0.1,0.2",
+    alphas: Annotated[str, typer.Option("--alphas", help="Comma-separated alpha values in [0, 1].")] = "0,0.25,0.5,0.75",
+    mask: Annotated[Path | None, typer.Option(help="Ground-truth mask on the raster's grid; adds mIoU and boundary F columns.", show_default=False)] = None,
+    backbone: p.BackboneOption = None,
+    weights: p.WeightsOption = None,
+    profile: p.ProfileOption = None,
+    profiles_file: p.ProfilesFileOption = None,
+    k: p.KOption = None,
+    k_range: p.KRangeOption = None,
+    elbow_threshold: p.ElbowThresholdOption = None,
+    upsampling: p.UpsamplingOption = None,
+    nodata: p.NodataOption = None,
+    nodata_tolerance: p.NodataToleranceOption = None,
+    collar_buffer: p.CollarBufferOption = None,
+    bands: p.BandsOption = None,
+    window: p.WindowOption = None,
+    overlap: p.OverlapOption = None,
+    scale: p.ScaleOption = None,
+    seed: p.SeedOption = None,
+    device: p.DeviceOption = None,
+    batch_size: p.BatchSizeOption = None,
+    iterations: p.IterationsOption = None,
+    blend: p.BlendOption = None,
+    verbose: p.VerboseOption = 0,
+    quiet: p.QuietOption = False,
+) -> None:
+    """Run V2 for every (tau, alpha) pair on features extracted once."""
+    from tree_seg.evaluation.sweep import sweep_head_refine
+
+    _setup_logging(verbose, quiet)
+    tau_values = _parse_list(taus, parse_tau, "--taus")
+    alpha_values = _parse_list(alphas, _parse_alpha, "--alphas")
+    config = _config_from_options(method="head-refine", profile=profile, profiles_file=profiles_file,
+                                  options=_shared_options(locals()))
+    try:
+        rows = sweep_head_refine(source, outdir, config, taus=tau_values, alphas=alpha_values, mask_path=mask)
+    except TreeSegError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(code=1) from None
+
+    typer.echo(f"\n{'tau':>8}{'tau used':>10}{'alpha':>7}{'clusters':>10}{'iters':>7}{'mIoU':>8}{'bound. F':>10}")
+    for row in rows:
+        typer.echo(
+            f"{str(row['tau']):>8}{row['tau_used']:>10.4f}{row['alpha']:>7.2f}{row['clusters_used']:>10}"
+            f"{row['iterations_run']:>7}{_format_score(row['miou_many_to_one']):>8}{_format_score(row['boundary_f']):>10}"
+        )
+    typer.echo(f"\nwrote {outdir / 'sweep.csv'}")
 
 
 @app.command()

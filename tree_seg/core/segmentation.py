@@ -239,11 +239,17 @@ def fit_clusters(grid: FeatureGrid, config: SegmentationConfig, *, profile: RunP
 
 
 def _kmeans_scores(grid: FeatureGrid, model: ClusterModel) -> tuple[np.ndarray, np.ndarray]:
-    """Return patch labels (patch_y, patch_x) and scores (cluster, patch_y, patch_x)."""
+    """Return patch labels (patch_y, patch_x) and scores (cluster, patch_y, patch_x).
+
+    The score of cluster k is ``2 x.c_k - |c_k|^2``, which is the negative
+    squared distance up to the term ``|x|^2`` that all clusters share.
+    """
     h, w, d = grid.features.shape
-    labels, sq_distances = assign(grid.features.reshape(-1, d), model.centroids)
-    scores = -np.asarray(sq_distances, dtype=np.float32).T.reshape(model.k, h, w)
-    return np.asarray(labels).reshape(h, w), scores
+    flat = grid.features.reshape(-1, d)
+    labels, _ = assign(flat, model.centroids)
+    centroid_sq_norms = np.einsum("kd,kd->k", model.centroids, model.centroids)
+    scores = 2.0 * (model.centroids @ flat.T) - centroid_sq_norms[:, None]
+    return labels.reshape(h, w), scores.astype(np.float32).reshape(model.k, h, w)
 
 
 def _guide(grid: FeatureGrid, config: SegmentationConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -397,12 +403,14 @@ def run_segmentation(
     *,
     backbone: Backbone | None = None,
     grid: FeatureGrid | None = None,
+    model: ClusterModel | None = None,
     profile: RunProfile | None = None,
 ) -> SegmentationRun:
     """Run every stage on one raster and keep the intermediate results.
 
-    ``grid`` reuses features extracted earlier (a sweep over clustering
-    settings); it must come from the same source, backbone and window settings.
+    ``grid`` reuses features extracted earlier and ``model`` a K-means fit
+    made on them (a sweep or an evaluation of several methods); both must
+    come from the same source and settings.
     """
     config = config or SegmentationConfig()
     profile = profile or RunProfile(detailed=config.metrics)
@@ -410,8 +418,9 @@ def run_segmentation(
         source = open_raster(source, config.read, chunks=config.engine.chunk_size)
 
     grid = grid or extract_features(source, config, backbone=backbone, profile=profile)
-    model = fit_clusters(grid, config, profile=profile)
-    patch_labels, patch_scores = _kmeans_scores(grid, model)
+    model = model or fit_clusters(grid, config, profile=profile)
+    with profile.stage("assign"):
+        patch_labels, patch_scores = _kmeans_scores(grid, model)
 
     refinement: HeadRefineResult | None = None
     cell_labels, cell_scores, cell_size = patch_labels, patch_scores, grid.patch_size

@@ -83,6 +83,11 @@ def _save(figure: Figure, path: Path) -> Path:
     os.close(handle)
     try:
         figure.savefig(temporary, dpi=100, bbox_inches="tight")
+        # mkstemp creates the file readable by its owner only; give it the
+        # permissions a plain open() would.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)
         os.replace(temporary, path)
     finally:
         plt.close(figure)

@@ -1,0 +1,70 @@
+"""Typer option types shared by the ``tree-seg`` commands.
+
+Each alias carries the help text, unit and default of one option, so every
+command that takes the option documents it the same way.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+_V2 = "V2 (--model head-refine) only"
+
+BackboneOption = Annotated[str | None, typer.Option(help="Feature backbone: auto, texture, dinov3_vits16, dinov3_vitb16, dinov3_vitl16, dinov3_vith16plus, dinov3_vit7b16, dinov3_vitl16_sat, dinov2_vits14, dinov2_vitb14, dinov2_vitl14, dinov2_vitg14, or the aliases small/base/large/huge (DINOv3). auto uses DINOv3 ViT-S/16 when its weights are in the Hugging Face cache, else texture. [default: auto]", show_default=False)]
+
+WeightsOption = Annotated[Path | None, typer.Option(help="Folder with a Hugging Face checkpoint (config.json, model.safetensors) for the backbone; without it the Hugging Face cache is searched.", show_default=False)]
+
+ProfileOption = Annotated[str | None, typer.Option(help="Preset from profiles.toml: quick, balanced or quality; options given here override it.", show_default=False)]
+
+ProfilesFileOption = Annotated[Path | None, typer.Option(help="Another TOML file of presets for --profile.", show_default=False)]
+
+KOption = Annotated[int | None, typer.Option("--k", help="Fixed number of clusters K (2-254); skips the elbow rule.", show_default=False)]
+
+KRangeOption = Annotated[str | None, typer.Option(help="Inclusive K range A:B searched by the elbow rule. [default: 2:10]", show_default=False)]
+
+ElbowThresholdOption = Annotated[float | None, typer.Option(help="Relative inertia drop, in percent, below which one more cluster is not worth it; the elbow is the K before the first K whose drop falls below it. [default: 10]", show_default=False)]
+
+RefineOption = Annotated[str | None, typer.Option(help="Pixel snapping after labels are made: none or slic (majority label per SLIC superpixel). [default: none]", show_default=False)]
+
+UpsamplingOption = Annotated[str | None, typer.Option(help="Patch scores to pixels: nearest (hard labels) or bilinear (soft scores, then argmax). [default: nearest]", show_default=False)]
+
+SlicSizeOption = Annotated[int | None, typer.Option(help="SLIC superpixel side in input pixels, with --refine slic. [default: 16]", show_default=False)]
+
+NodataOption = Annotated[str | None, typer.Option(help="Nodata value in input units (a pixel is nodata when all its bands equal it, within --nodata-tolerance), 'auto' (tag, alpha band, NaN, then a black or white border collar) or 'none'. [default: auto]", show_default=False)]
+
+NodataToleranceOption = Annotated[float | None, typer.Option(help="Largest difference from --nodata, in input units, that still counts as nodata. [default: 0]", show_default=False)]
+
+CollarBufferOption = Annotated[int | None, typer.Option(help="Pixels by which a value-based nodata mask grows after specks are removed, to cover a JPEG fringe. [default: 3]", show_default=False)]
+
+BandsOption = Annotated[str | None, typer.Option(help="1-based band indices as in GDAL, e.g. 1,2,3. [default: bands 1-3, alpha excluded]", show_default=False)]
+
+WindowOption = Annotated[int | None, typer.Option(help="Window side in pixels of the resampled image; a multiple of the patch size (16 DINOv3, 14 DINOv2). [default: 448]", show_default=False)]
+
+OverlapOption = Annotated[int | None, typer.Option(help="Overlap between windows in pixels; a multiple of the patch size. [default: 112]", show_default=False)]
+
+ScaleOption = Annotated[float | None, typer.Option(help="Resampling factor before feature extraction (0.5 halves each side); labels are written on the input grid. [default: 1.0]", show_default=False)]
+
+SeedOption = Annotated[int | None, typer.Option(help="Seed of K-means and patch sampling. [default: 0]", show_default=False)]
+
+DeviceOption = Annotated[str | None, typer.Option(help="auto, cpu or cuda. [default: auto]", show_default=False)]
+
+BatchSizeOption = Annotated[int | None, typer.Option(help="Windows per forward pass. [default: 8]", show_default=False)]
+
+TauOption = Annotated[str | None, typer.Option(help=f"{_V2}: softmax temperature on squared distances of unit vectors (range 0-4), > 0, or 'auto'. Smaller is harder. [default: auto]", show_default=False)]
+
+AlphaOption = Annotated[float | None, typer.Option(help=f"{_V2}: weight of the spatial blend in [0, 1]. [default: 0.5]", show_default=False)]
+
+IterationsOption = Annotated[int | None, typer.Option(help=f"{_V2}: most EM iterations, >= 1. [default: 5]", show_default=False)]
+
+BlendOption = Annotated[str | None, typer.Option(help=f"{_V2}: neighbour (3 x 3 patch mean) or guided (image-guided filter at near-pixel resolution). [default: guided]", show_default=False)]
+
+MetricsOption = Annotated[bool, typer.Option("--metrics", help="Print a per-stage table and record per-window timing, peak RSS and peak VRAM.")]
+
+PicturesOption = Annotated[bool, typer.Option("--pictures/--no-pictures", help="Write the PNG pictures.")]
+
+VerboseOption = Annotated[int, typer.Option("--verbose", "-v", count=True, help="More log output (-vv for debug).")]
+
+QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors.")]
