@@ -109,7 +109,7 @@ def _load_auto(config: BackboneConfig) -> Backbone:
             f"DINOv3 weights not found, so the weight-free 'texture' backbone (colour and texture "
             f"statistics) is used instead; for DINOv3 features: {error}"
         )
-        logger.warning("%s", message)
+        # The CLI routes warnings into the log, so logging it here too would repeat it.
         warnings.warn(message, BackboneFallbackWarning, stacklevel=3)
         return _texture(config)
     logger.info("backbone auto: %s on %s", spec.name, backbone.device)

@@ -1,0 +1,119 @@
+"""The tree-seg command line, run in-process with Typer's test runner."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from scipy import ndimage
+from typer.testing import CliRunner
+
+from tree_seg.cli.main import app
+from tree_seg.exceptions import BackboneFallbackWarning
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "tcd_00000_image.tif"
+
+runner = CliRunner()
+
+
+def _invoke(*args: str):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", BackboneFallbackWarning)
+        return runner.invoke(app, list(args))
+
+
+def test_cli_readme_command_writes_georeferenced_labels(tmp_path):
+    result = _invoke("segment", str(EXAMPLE), "-o", str(tmp_path))
+    assert result.exit_code == 0, result.output
+    labels_path = tmp_path / "tcd_00000_image_kmeans_labels.tif"
+    with rasterio.open(EXAMPLE) as src, rasterio.open(labels_path) as out:
+        assert out.crs == src.crs
+        assert out.transform == src.transform
+        assert out.shape == src.shape
+        labels = out.read(1)
+        image = src.read()
+    # Isolated black pixels in shadows stay valid; the collar is the large black region.
+    collar = ndimage.binary_opening((image == 0).all(axis=0), iterations=2)
+    assert (labels[collar] == 255).all()
+    # The JPEG fringe: dark pixels right next to the collar are nodata too.
+    assert collar.mean() > 0.2
+    assert (labels == 255).mean() > collar.mean()
+    metadata = json.loads((tmp_path / "tcd_00000_image_kmeans_metadata.json").read_text())
+    assert metadata["backbone"]["name"] == "texture"
+    assert metadata["input"]["nodata_rule"]["kind"] == "collar"
+    assert "backbone: texture" in result.output
+
+
+def test_cli_rejects_v2_options_for_kmeans(tmp_path):
+    result = _invoke("segment", str(EXAMPLE), "-o", str(tmp_path), "--tau", "0.1")
+    assert result.exit_code == 2
+    assert "--tau only apply to --model head-refine" in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--k", "4", "--k-range", "2:6"], "--k and --k-range conflict"),
+        (["--k-range", "6:2"], "invalid --k-range '6:2'"),
+        (["--bands", "1,x"], "invalid --bands '1,x'"),
+        (["--model", "head-refine", "--tau", "0"], "tau must be > 0"),
+        (["--model", "head-refine", "--alpha", "1.5"], "alpha=1.5"),
+        (["--model", "head-refine", "--iterations", "0"], "iterations=0"),
+        (["--refine", "crf"], "refine='crf'"),
+        (["--slic-size", "12"], "--slic-size only applies with --refine slic"),
+        (["--profile", "fastest"], "unknown profile 'fastest'"),
+        (["--nodata", "black"], "invalid --nodata 'black'"),
+    ],
+)
+def test_cli_rejects_bad_option(tmp_path, args, message):
+    result = _invoke("segment", str(EXAMPLE), "-o", str(tmp_path), *args)
+    assert result.exit_code == 2
+    assert message in " ".join(result.output.split()).replace("│", "").replace("  ", " ") or message in result.output
+
+
+def test_cli_window_not_multiple_of_patch_fails_with_fix(tmp_path):
+    result = _invoke("segment", str(EXAMPLE), "-o", str(tmp_path), "--backbone", "texture", "--window", "450")
+    assert result.exit_code == 1
+    assert "448" in result.output
+    assert not list(tmp_path.glob("*_labels.tif"))
+
+
+def test_cli_batch_reports_failed_input_and_goes_on(tmp_path):
+    missing = tmp_path / "missing.tif"
+    result = _invoke("segment", str(missing), str(EXAMPLE), "-o", str(tmp_path / "out"), "--no-pictures",
+                     "--k", "3", "--backbone", "texture")
+    assert result.exit_code == 1
+    assert "1 of 2 inputs segmented, 1 failed" in result.output
+    assert (tmp_path / "out" / "tcd_00000_image_kmeans_labels.tif").exists()
+    assert not (tmp_path / "out" / "missing_kmeans_labels.tif").exists()
+
+
+def test_cli_help_documents_units_and_defaults():
+    result = runner.invoke(app, ["segment", "--help"], env={"COLUMNS": "200"})
+    text = " ".join(result.output.split())
+    for fragment in ["in pixels", "[default: 448]", "in percent", "[default: auto]", "input units"]:
+        assert fragment in text
+
+
+def test_cli_metrics_prints_stage_table(tmp_path):
+    source = tmp_path / "small.tif"
+    with rasterio.open(EXAMPLE) as src:
+        window = rasterio.windows.Window(1024, 1024, 256, 256)
+        profile = src.profile | {"height": 256, "width": 256, "transform": src.window_transform(window)}
+        profile.pop("photometric", None)
+        profile["compress"] = "deflate"
+        data = src.read(window=window)
+    with rasterio.open(source, "w", **profile) as dst:
+        dst.write(data)
+    result = _invoke("segment", str(source), "-o", str(tmp_path / "out"), "--metrics", "--k", "3",
+                     "--backbone", "texture", "--no-pictures")
+    assert result.exit_code == 0, result.output
+    assert "time per stage" in result.output
+    assert "s per window" in result.output
+    metadata = json.loads((tmp_path / "out" / "small_kmeans_metadata.json").read_text())
+    assert metadata["profile"]["window_batches"]
+    assert np.isfinite(metadata["profile"]["seconds_per_window"])
