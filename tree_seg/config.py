@@ -194,9 +194,9 @@ class ClusterConfig:
     ----------
     k : int or None, default=None
         Fixed number of clusters; ``None`` chooses K with the elbow rule.
-    k_min, k_max : int, default=2, 10
+    k_min, k_max : int, default=2, 12
         Inclusive K range searched by the elbow rule.
-    elbow_threshold : float, default=0.10
+    elbow_threshold : float, default=0.05
         Relative inertia drop, as a fraction, below which adding a cluster is
         not worth it. The elbow is the K before the first K whose drop
         ``(W[K-1] - W[K]) / W[K-1]`` falls below it.
@@ -211,8 +211,8 @@ class ClusterConfig:
 
     k: int | None = None
     k_min: int = 2
-    k_max: int = 10
-    elbow_threshold: float = 0.10
+    k_max: int = 12
+    elbow_threshold: float = 0.05
     seed: int = 0
     n_init: int = 4
     max_samples: int = 50_000

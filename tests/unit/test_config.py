@@ -55,7 +55,7 @@ def test_profiles_define_three_presets():
     quality = SegmentationConfig.from_profile("quality")
     assert quick.window.scale == 0.5
     assert quality.labels.refine == "slic"
-    assert load_profile("balanced")["cluster"]["k_max"] == 10
+    assert load_profile("balanced")["cluster"]["k_max"] == 12
 
 
 def test_profile_unknown_name_lists_presets():

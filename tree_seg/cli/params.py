@@ -23,9 +23,9 @@ ProfilesFileOption = Annotated[Path | None, typer.Option(help="Another TOML file
 
 KOption = Annotated[int | None, typer.Option("--k", help="Fixed number of clusters K (2-254); skips the elbow rule.", show_default=False)]
 
-KRangeOption = Annotated[str | None, typer.Option(help="Inclusive K range A:B searched by the elbow rule. [default: 2:10]", show_default=False)]
+KRangeOption = Annotated[str | None, typer.Option(help="Inclusive K range A:B searched by the elbow rule. [default: 2:12]", show_default=False)]
 
-ElbowThresholdOption = Annotated[float | None, typer.Option(help="Relative inertia drop, in percent, below which one more cluster is not worth it; the elbow is the K before the first K whose drop falls below it. [default: 10]", show_default=False)]
+ElbowThresholdOption = Annotated[float | None, typer.Option(help="Relative inertia drop, in percent, below which one more cluster is not worth it; the elbow is the K before the first K whose drop falls below it. [default: 5]", show_default=False)]
 
 RefineOption = Annotated[str | None, typer.Option(help="Pixel snapping after labels are made: none or slic (majority label per SLIC superpixel). [default: none]", show_default=False)]
 

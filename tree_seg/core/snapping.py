@@ -85,15 +85,24 @@ def slic_snap(
     if n_valid == 0:
         return labels.copy()
 
-    n_segments = max(1, n_valid // (segment_size * segment_size))
-    channels_last = np.moveaxis(image[:3], 0, -1).astype(np.float64)
-    segments = slic(
+    # SLIC's mask mode is about ten times slower than the plain mode on a
+    # 2048 x 2048 tile with a large collar, so SLIC runs unmasked on the
+    # bounding box of the valid pixels and nodata pixels only lose their vote.
+    rows = np.flatnonzero(valid.any(axis=1))
+    cols = np.flatnonzero(valid.any(axis=0))
+    box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+    box_area = (box[0].stop - box[0].start) * (box[1].stop - box[1].start)
+    n_segments = max(1, box_area // (segment_size * segment_size))
+
+    channels_last = np.moveaxis(image[:3, box[0], box[1]], 0, -1).astype(np.float64)
+    segments = np.full(labels.shape, -1, dtype=np.int64)
+    segments[box] = slic(
         channels_last,
         n_segments=n_segments,
         compactness=compactness,
-        mask=valid,
         start_label=0,
         channel_axis=-1,
     )
+    segments[~valid] = -1
     logger.debug("SLIC made %d superpixels for %d valid pixels", int(segments.max()) + 1, n_valid)
     return majority_vote(segments, labels, n_labels=n_labels)
