@@ -237,31 +237,43 @@ class ClusterConfig:
 class HeadRefineConfig:
     """V2 head refinement: soft EM seeded from the K-means centroids.
 
+    The defaults (one E-step with the grey guided blend, alpha 0.8, eps 1e-4)
+    were chosen in a sweep on two labelled aerial tiles with DINOv2-S/14 and
+    colour-texture features, scored by mIoU and boundary F-score at 2 px.
+    With the guided blend, each of five runs with M-steps (``iterations=5``)
+    scored below the same run with ``iterations=1`` in both scores.
+
     Parameters
     ----------
     tau : float or "auto", default="auto"
         Softmax temperature on squared distances between L2-normalised
         vectors (which lie in [0, 4]). Smaller values give harder assignments
         (tau -> 0 is K-means); larger values soften them and let clusters
-        merge. ``"auto"`` calibrates tau from the distances to the nearest
-        centroid.
-    alpha : float, default=0.5
+        merge. ``"auto"`` sets tau so that a patch with the median margin
+        (second-nearest minus nearest squared distance) gets responsibility
+        0.95 for its nearest cluster: ``tau = median margin / ln(19)``.
+    alpha : float, default=0.8
         Weight of the spatial blend, in [0, 1]; 0 disables it.
-    iterations : int, default=5
-        Most EM iterations.
+    iterations : int, default=1
+        Most E-steps, each with the blend; an M-step (centroid and prior
+        update) runs between consecutive E-steps, so 1 keeps the K-means
+        centroids and only blends. Each iteration is one pass over the
+        features.
     tol : float, default=1e-4
-        Early stop when no centroid moves by more than this (Euclidean).
+        Early stop when no centroid moves by more than this (Euclidean) in an
+        M-step; the next E-step is then the last.
     blend : {"neighbour", "guided"}, default="guided"
         ``"neighbour"`` mixes each patch with the mean of its 3 x 3 patch
         neighbours; ``"guided"`` filters the responsibility maps with a guided
         filter that uses the image as the guide.
     priors : bool, default=True
-        Learn cluster mixing proportions in the E-step; False gives equal
-        priors (the plain textbook form).
+        Use cluster mixing proportions in the E-step, starting from the
+        K-means cluster sizes and re-estimated in each M-step; False gives
+        equal priors (the plain textbook form).
     guided_radius : int, default=8
         Guided filter radius in guide cells (``guide_stride`` pixels each);
         the window is ``2 * guided_radius + 1`` cells wide.
-    guided_eps : float, default=1e-3
+    guided_eps : float, default=1e-4
         Guided filter regularisation, in squared [0, 1] intensity units: image
         edges whose local variance is well above it are followed, flatter
         areas are smoothed.
@@ -269,17 +281,18 @@ class HeadRefineConfig:
         Pixels of the resampled image per guide cell; must divide the patch size.
     guided_colour : bool, default=False
         Guide with every image band (the colour guided filter, a C x C solve
-        per cell) instead of their mean (the grey-level filter).
+        per cell, about five times slower) instead of their mean (the
+        grey-level filter). Neither was better on both tiles of the sweep.
     """
 
     tau: float | str = "auto"
-    alpha: float = 0.5
-    iterations: int = 5
+    alpha: float = 0.8
+    iterations: int = 1
     tol: float = 1e-4
     blend: Blend = "guided"
     priors: bool = True
     guided_radius: int = 8
-    guided_eps: float = 1e-3
+    guided_eps: float = 1e-4
     guide_stride: int = 4
     guided_colour: bool = False
 

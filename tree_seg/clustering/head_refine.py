@@ -1,0 +1,726 @@
+"""V2 head refinement: soft EM seeded from the K-means centroids.
+
+Each iteration is an E-step with a spatial blend, run per chunk
+(:func:`em_chunk`). Between consecutive E-steps an M-step turns additive
+statistics (:class:`EMStats`, :meth:`EMStats.combine`, :func:`aggregate`)
+into new centroids and priors, and the last E-step gives the labels, so
+``iterations`` E-steps run ``iterations - 1`` M-steps and each iteration is
+one pass over the features. :func:`refine` runs the same chunk function on a
+whole grid with a zero halo.
+
+E-step. With unit-length features x and centroids mu,
+``log r_k = log pi_k - ||x - mu_k||^2 / tau``, normalised over k with a
+log-softmax. The softmax depends only on differences of squared distances
+between clusters. A smaller tau makes assignments harder (tau -> 0 is
+K-means), a larger tau softens them until clusters merge. ``tau="auto"``
+sets tau so that a patch with the median margin (second-nearest minus
+nearest squared distance) gets responsibility 0.95 for its nearest cluster
+against the runner-up, before priors and blend. Typical patches then stay
+nearly hard and only patches near a border between clusters are soft.
+
+M-step. ``pi_k = sum(r_k) / sum(r)`` (with ``priors=True``) and
+``mu_k = sum(r_k x) / sum(r_k)``, accumulated in float64 (each block of
+patches is one float32 matrix product), then rescaled to unit length. The
+E-step compares unit features with the centroids, and unit centroids keep
+the scale of the distances, and therefore of tau, fixed across iterations.
+
+Empty clusters. A cluster whose total responsibility is below
+``EMPTY_CLUSTER_MASS`` patches keeps its previous centroid. Every prior is
+floored at ``PRIOR_FLOOR`` and the priors renormalised, so an emptied cluster
+can still win patches back later. Neither rule uses randomness.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from tree_seg.clustering.blend import (
+    GuideCells,
+    cells_per_patch,
+    cells_to_patches,
+    guided_blend,
+    neighbour_blend,
+    prepare_guide,
+)
+from tree_seg.config import HeadRefineConfig
+from tree_seg.exceptions import InvalidInputError, RefinementFallbackWarning
+
+__all__ = [
+    "EMPTY_CLUSTER_MASS",
+    "PRIOR_FLOOR",
+    "EMStats",
+    "HeadRefineResult",
+    "aggregate",
+    "em_chunk",
+    "labels_from_responsibilities",
+    "nearest_margins",
+    "refine",
+    "tau_from_margins",
+]
+
+logger = logging.getLogger(__name__)
+
+EMPTY_CLUSTER_MASS = 1e-3
+"""Total responsibility, in patches, below which a cluster counts as empty."""
+
+PRIOR_FLOOR = 1e-4
+"""Smallest mixing proportion a cluster keeps before the priors are renormalised."""
+
+AUTO_TAU_POSTERIOR = 0.95
+"""Responsibility of the nearest cluster, against the runner-up, at the median margin."""
+
+_TAU_FLOOR = 1e-6
+# Patches per matrix product in the M-step; each product is float32 and the
+# partial sums are added in float64.
+_M_STEP_BLOCK = 32768
+
+ArrayLike = np.ndarray | torch.Tensor
+
+
+@dataclass(frozen=True)
+class EMStats:
+    """Additive M-step statistics of one chunk (or of several, combined).
+
+    Attributes
+    ----------
+    sum_r : ndarray of float64, shape (K,)
+        Total responsibility of each cluster, in patches.
+    sum_rx : ndarray of float64, shape (K, D)
+        Responsibility-weighted sum of the feature vectors.
+    n_valid : int
+        Number of patches that contributed.
+    """
+
+    sum_r: np.ndarray
+    sum_rx: np.ndarray
+    n_valid: int
+
+    @classmethod
+    def zeros(cls, k: int, d: int) -> EMStats:
+        """Return empty statistics for K clusters of D-dimensional features."""
+        return cls(np.zeros(k), np.zeros((k, d)), 0)
+
+    def combine(self, other: EMStats) -> EMStats:
+        """Return the sum of two statistics (the combine step of a tree reduction)."""
+        if self.sum_rx.shape != other.sum_rx.shape:
+            raise InvalidInputError(
+                f"cannot combine EM statistics of shapes {self.sum_rx.shape} and {other.sum_rx.shape}"
+            )
+        return EMStats(self.sum_r + other.sum_r, self.sum_rx + other.sum_rx, self.n_valid + other.n_valid)
+
+
+@dataclass(frozen=True)
+class HeadRefineResult:
+    """Output of :func:`refine`.
+
+    Attributes
+    ----------
+    labels : ndarray of int64, shape (cell_y, cell_x)
+        Cluster index in [0, K) per cell, -1 on invalid cells.
+    responsibilities : ndarray of float32, shape (K, cell_y, cell_x)
+        Soft assignments, summing to 1 on valid cells and 0 elsewhere.
+    cell_size : int
+        Pixels of the resampled image per cell side: the patch size for the
+        neighbour blend and on fallback, ``guide_stride`` for the guided blend.
+    centroids : ndarray of float32, shape (K, D)
+        Final unit-length centroids (the input centroids on fallback).
+    priors : ndarray of float32, shape (K,)
+        Final mixing proportions, summing to 1.
+    tau : float
+        Temperature used, in squared-distance units.
+    iterations_run : int
+        E-steps performed (M-steps plus one); 0 on fallback without valid
+        patches.
+    converged : bool
+        True when the last M-step moved no centroid more than ``tol``; False
+        when no M-step ran.
+    fell_back : bool
+        True when the result is the K-means partition because EM degenerated.
+    fallback_reason : str or None
+        Why it fell back.
+    """
+
+    labels: np.ndarray
+    responsibilities: np.ndarray
+    cell_size: int
+    centroids: np.ndarray
+    priors: np.ndarray
+    tau: float
+    iterations_run: int
+    converged: bool
+    fell_back: bool
+    fallback_reason: str | None
+
+
+def _resolve_device(device: str | torch.device | None, reference: ArrayLike) -> torch.device:
+    if device is not None:
+        return torch.device(device)
+    if isinstance(reference, torch.Tensor):
+        return reference.device
+    return torch.device("cpu")
+
+
+def _to_tensor(x: ArrayLike, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    if isinstance(x, torch.Tensor):
+        return x.to(device=device, dtype=dtype)
+    return torch.as_tensor(np.asarray(x), device=device).to(dtype)
+
+
+def _check_shapes(features: torch.Tensor, valid: torch.Tensor, centroids: torch.Tensor,
+                  log_priors: torch.Tensor, halo: int) -> None:
+    if features.ndim != 3:
+        raise InvalidInputError(f"invalid features of shape {tuple(features.shape)}: expected (patch_y, patch_x, D)")
+    if tuple(valid.shape) != tuple(features.shape[:2]):
+        raise InvalidInputError(
+            f"shape mismatch: valid {tuple(valid.shape)} must equal the first two dimensions of "
+            f"features {tuple(features.shape)}"
+        )
+    if centroids.ndim != 2 or centroids.shape[1] != features.shape[2]:
+        raise InvalidInputError(
+            f"shape mismatch: centroids {tuple(centroids.shape)} must be (K, D) with D = {features.shape[2]}, "
+            f"the last dimension of features {tuple(features.shape)}"
+        )
+    if centroids.shape[0] < 2:
+        raise InvalidInputError(f"invalid centroids of shape {tuple(centroids.shape)}: refinement needs K >= 2")
+    if tuple(log_priors.shape) != (centroids.shape[0],):
+        raise InvalidInputError(
+            f"shape mismatch: log_priors {tuple(log_priors.shape)} must be ({centroids.shape[0]},), one per centroid"
+        )
+    if halo < 0 or 2 * halo >= min(features.shape[0], features.shape[1]):
+        raise InvalidInputError(
+            f"invalid halo={halo} for features {tuple(features.shape)}: expected 0 <= halo and an interior "
+            "of at least one patch"
+        )
+
+
+def _partial_distances(features: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
+    # ||x - mu||^2 without the ||x||^2 term, shape (patch_y * patch_x, K).
+    # That term is the same for every cluster, so softmaxes, argmins and
+    # margins do not need it, and leaving it out skips a pass over the
+    # features.
+    flat = features.reshape(-1, features.shape[-1])
+    return (centroids * centroids).sum(dim=1) - 2.0 * (flat @ centroids.T)
+
+
+def _e_step(features: torch.Tensor, valid: torch.Tensor, centroids: torch.Tensor, log_priors: torch.Tensor,
+            tau: float, partial: torch.Tensor | None = None) -> torch.Tensor:
+    height, width, dim = features.shape
+    if partial is None:
+        # log pi - (||mu||^2 - 2 x.mu) / tau as one fused matrix product.
+        bias = log_priors - (centroids * centroids).sum(dim=1) / tau
+        logits = torch.addmm(bias, features.reshape(-1, dim), centroids.T, alpha=2.0 / tau)
+    else:
+        logits = log_priors - partial / tau
+
+    # Invalid patches may hold NaN, so only valid rows must be finite.
+    if not bool(torch.isfinite(logits).all()) and not bool(torch.isfinite(logits[valid.reshape(-1)]).all()):
+        raise InvalidInputError(f"non-finite E-step values on valid patches: features or centroids hold NaN or "
+                                f"infinity (mask those patches as invalid), or tau={tau:g} is too small")
+
+    resp = torch.log_softmax(logits.T.reshape(-1, height, width), dim=0).exp_()
+    return resp.masked_fill_(~valid, 0.0)
+
+
+def _statistics(features: torch.Tensor, resp: torch.Tensor, used: torch.Tensor) -> EMStats:
+    k, height, width = resp.shape
+    dim = features.shape[2]
+    sum_r = (resp * used).to(torch.float64).sum(dim=(1, 2))
+    sum_rx = torch.zeros((k, dim), dtype=torch.float64, device=features.device)
+
+    # Invalid patches may hold NaN features, and 0 * NaN is NaN, so their
+    # rows are dropped rather than weighted by 0.
+    rows_per_block = max(1, _M_STEP_BLOCK // width)
+    for top in range(0, height, rows_per_block):
+        x = features[top:top + rows_per_block].reshape(-1, dim)
+        r = resp[:, top:top + rows_per_block].reshape(k, -1)
+        keep = used[top:top + rows_per_block].reshape(-1)
+        if not bool(keep.all()):
+            x, r = x[keep], r[:, keep]
+        sum_rx += (r @ x).to(torch.float64)
+    return EMStats(sum_r.cpu().numpy(), sum_rx.cpu().numpy(), int(used.sum()))
+
+
+def em_chunk(
+    features_with_halo: ArrayLike,
+    valid_with_halo: ArrayLike,
+    centroids: ArrayLike,
+    log_priors: ArrayLike,
+    tau: float,
+    config: HeadRefineConfig,
+    *,
+    halo: int,
+    patch_size: int,
+    guide: ArrayLike | GuideCells | None = None,
+    guide_valid: ArrayLike | None = None,
+    statistics: bool = True,
+    device: str | torch.device | None = None,
+) -> tuple[np.ndarray, EMStats | None]:
+    """Run the E-step with the spatial blend on one chunk and sum its statistics.
+
+    Parameters
+    ----------
+    features_with_halo : ndarray or Tensor, shape (patch_y, patch_x, D)
+        L2-normalised patch features of the chunk plus ``halo`` patches on
+        every side. Any float dtype is accepted and computed in float32.
+        Values on invalid patches are ignored and may be NaN.
+    valid_with_halo : ndarray or Tensor of bool, shape (patch_y, patch_x)
+        True on patches that hold data. Halo patches beyond the raster edge
+        must be False.
+    centroids : ndarray or Tensor, shape (K, D)
+        Current unit-length centroids, K >= 2.
+    log_priors : ndarray or Tensor, shape (K,)
+        Natural log of the mixing proportions (all equal for ``priors=False``).
+    tau : float
+        Temperature, > 0, in squared-distance units.
+    config : HeadRefineConfig
+        ``blend``, ``alpha`` and the guided-filter settings are read.
+    halo : int
+        Patches on each side that only feed the blend. Results equal those of
+        the whole grid when ``halo >= blend_halo(config, patch_size)``; 0 gives
+        the whole-grid computation, with nothing beyond the grid.
+    patch_size : int
+        Patch side in pixels of the resampled image.
+    guide : ndarray, Tensor of shape (C, H, W), or GuideCells, optional
+        Required for the guided blend: the resampled image in [0, 1] covering
+        the same patches, ``H = patch_y * patch_size`` (a last partial patch
+        row or column of pixels may be missing; it is treated as invalid), or
+        its cells from :func:`~tree_seg.clustering.blend.prepare_guide`,
+        which a caller running several iterations on one chunk can compute
+        once.
+    guide_valid : ndarray or Tensor of bool, shape (H, W), optional
+        True on guide pixels that hold data; None treats all as valid. Not
+        read when ``guide`` is a GuideCells.
+    statistics : bool, default=True
+        Sum the M-step statistics; False skips that matrix product, for a
+        final pass that only needs the responsibilities.
+    device : str or torch.device, optional
+        Where to compute; default: the device of ``features_with_halo`` if it
+        is a tensor, else the CPU.
+
+    Returns
+    -------
+    responsibilities : ndarray of float32, shape (K, cell_y, cell_x)
+        Blended responsibilities of the interior cells, summing to 1 on valid
+        cells and 0 elsewhere. Cells are patches for the neighbour blend and
+        ``patch_size // guide_stride`` cells per patch side for the guided one.
+    stats : EMStats or None
+        M-step statistics of the interior patches, None when ``statistics``
+        is False. For the guided blend a patch's responsibility is the mean
+        over its valid cells.
+
+    Raises
+    ------
+    InvalidInputError
+        On inconsistent shapes, a missing guide, or non-finite features on
+        valid patches.
+    ConfigurationError
+        If ``guide_stride`` does not divide ``patch_size`` (guided blend).
+    """
+    device = _resolve_device(device, features_with_halo)
+    features = _to_tensor(features_with_halo, device, torch.float32)
+    valid = _to_tensor(valid_with_halo, device, torch.bool)
+    centroids_t = _to_tensor(centroids, device, torch.float32)
+    log_priors_t = _to_tensor(log_priors, device, torch.float32)
+    _check_shapes(features, valid, centroids_t, log_priors_t, halo)
+    factor = cells_per_patch(config, patch_size)
+    height, width = valid.shape
+
+    guide_cells = None
+    if config.blend == "guided":
+        guide_cells = guide if isinstance(guide, GuideCells) else prepare_guide(
+            guide, guide_valid, grid_shape=(height, width), patch_size=patch_size, config=config, device=device)
+    return _em_chunk(features, valid, centroids_t, log_priors_t, tau, config, halo=halo, factor=factor,
+                     guide_cells=guide_cells, statistics=statistics)
+
+
+def _em_chunk(features: torch.Tensor, valid: torch.Tensor, centroids: torch.Tensor, log_priors: torch.Tensor,
+              tau: float, config: HeadRefineConfig, *, halo: int, factor: int, guide_cells: GuideCells | None,
+              statistics: bool, partial: torch.Tensor | None = None) -> tuple[np.ndarray, EMStats | None]:
+    # em_chunk() after its checks and conversions; refine() calls it directly
+    # so that the checks run once.
+    height, width = valid.shape
+    resp = _e_step(features, valid, centroids, log_priors, tau, partial)
+
+    if guide_cells is not None:
+        cell_resp, cell_valid = guided_blend(
+            resp, valid, guide_cells.cells, guide_cells.valid,
+            factor=factor, alpha=config.alpha, radius=config.guided_radius, eps=config.guided_eps,
+        )
+        patch_resp, used = cells_to_patches(cell_resp, cell_valid, factor)
+    else:
+        cell_resp = neighbour_blend(resp, valid, alpha=config.alpha) if config.alpha > 0 else resp
+        patch_resp, used = cell_resp, valid
+
+    inner = slice(halo, height - halo), slice(halo, width - halo)
+    cell_inner = slice(halo * factor, (height - halo) * factor), slice(halo * factor, (width - halo) * factor)
+    stats = _statistics(features[inner], patch_resp[:, inner[0], inner[1]], used[inner]) if statistics else None
+    out = cell_resp[:, cell_inner[0], cell_inner[1]].contiguous().cpu().numpy()
+    return out, stats
+
+
+def _log_priors_from_mass(mass: np.ndarray) -> np.ndarray:
+    total = float(mass.sum())
+    if not total > 0.0:
+        return np.full(mass.shape, -math.log(mass.shape[0]), dtype=np.float32)
+    priors = np.maximum(mass / total, PRIOR_FLOOR)
+    return np.log(priors / priors.sum()).astype(np.float32)
+
+
+def aggregate(stats: EMStats, previous_centroids: ArrayLike, *, priors: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Turn summed statistics into new centroids and log priors (the M-step).
+
+    Parameters
+    ----------
+    stats : EMStats
+        Statistics of every chunk, combined.
+    previous_centroids : ndarray or Tensor, shape (K, D)
+        Centroids of the E-step that produced ``stats``. An empty cluster
+        (total responsibility below :data:`EMPTY_CLUSTER_MASS`), or one whose
+        weighted mean has zero length, keeps its row.
+    priors : bool, default=True
+        Learn mixing proportions ``sum_r / sum(sum_r)``, floored at
+        :data:`PRIOR_FLOOR` and renormalised; False returns equal priors.
+
+    Returns
+    -------
+    centroids : ndarray of float32, shape (K, D)
+        Unit-length responsibility-weighted means.
+    log_priors : ndarray of float32, shape (K,)
+        Natural log of the mixing proportions.
+    """
+    previous = np.asarray(previous_centroids.cpu() if isinstance(previous_centroids, torch.Tensor)
+                          else previous_centroids, dtype=np.float32)
+    if previous.shape != stats.sum_rx.shape:
+        raise InvalidInputError(
+            f"shape mismatch: previous centroids {previous.shape} and statistics {stats.sum_rx.shape} must agree"
+        )
+
+    mass = stats.sum_r
+    means = stats.sum_rx / np.maximum(mass, EMPTY_CLUSTER_MASS)[:, None]
+    norms = np.linalg.norm(means, axis=1)
+    keep_previous = (mass < EMPTY_CLUSTER_MASS) | (norms < 1e-12)
+    centroids = np.where(keep_previous[:, None], previous, means / np.where(keep_previous, 1.0, norms)[:, None])
+
+    if priors:
+        log_priors = _log_priors_from_mass(mass)
+    else:
+        log_priors = np.full(mass.shape, -math.log(mass.shape[0]), dtype=np.float32)
+    return centroids.astype(np.float32), log_priors
+
+
+def nearest_margins(features: ArrayLike, select: ArrayLike, centroids: ArrayLike, *,
+                    device: str | torch.device | None = None) -> np.ndarray:
+    """Compute, per selected patch, how much closer its nearest centroid is.
+
+    Parameters
+    ----------
+    features : ndarray or Tensor, shape (patch_y, patch_x, D)
+        L2-normalised patch features.
+    select : ndarray or Tensor of bool, shape (patch_y, patch_x)
+        Patches to measure, normally the valid patches of a sample.
+    centroids : ndarray or Tensor, shape (K, D)
+        Unit-length centroids, K >= 2.
+    device : str or torch.device, optional
+        Where to compute; default as in :func:`em_chunk`.
+
+    Returns
+    -------
+    ndarray of float64, shape (n_selected,)
+        Squared distance to the second-nearest centroid minus that to the
+        nearest, in [0, 4], in row-major patch order. Concatenating the
+        margins of every chunk and passing them to :func:`tau_from_margins`
+        gives the tau of the whole grid.
+    """
+    device = _resolve_device(device, features)
+    features_t = _to_tensor(features, device, torch.float32)
+    select_t = _to_tensor(select, device, torch.bool)
+    centroids_t = _to_tensor(centroids, device, torch.float32)
+    _check_shapes(features_t, select_t, centroids_t, torch.zeros(centroids_t.shape[0]), 0)
+
+    return _margins(_partial_distances(features_t, centroids_t), select_t)
+
+
+def _margins(partial: torch.Tensor, select: torch.Tensor) -> np.ndarray:
+    two_nearest = torch.topk(partial[select.reshape(-1)], 2, dim=1, largest=False).values
+    return (two_nearest[:, 1] - two_nearest[:, 0]).to(torch.float64).cpu().numpy()
+
+
+def tau_from_margins(margins: np.ndarray) -> float:
+    """Calibrate tau from nearest-centroid margins (the ``tau="auto"`` rule).
+
+    tau is chosen so that a patch with the median margin m gets
+    responsibility :data:`AUTO_TAU_POSTERIOR` (0.95) for its nearest cluster
+    against the second-nearest: ``exp(-m / tau) = 0.05 / 0.95``, so
+    ``tau = median(m) / ln(19)``. Only distance differences enter the
+    softmax, so the margin sets its scale, not the distances themselves.
+
+    Parameters
+    ----------
+    margins : array_like of float, shape (n,)
+        Output of :func:`nearest_margins`, n >= 1.
+
+    Returns
+    -------
+    float
+        tau in squared-distance units, at least 1e-6.
+
+    Raises
+    ------
+    InvalidInputError
+        If ``margins`` is empty or not finite.
+    """
+    margins = np.asarray(margins, dtype=np.float64)
+    if margins.size == 0 or not np.isfinite(margins).all():
+        raise InvalidInputError(f"cannot calibrate tau from {margins.size} margins: expected finite values "
+                                "from at least one valid patch")
+    ratio = AUTO_TAU_POSTERIOR / (1.0 - AUTO_TAU_POSTERIOR)
+    return max(float(np.median(margins)) / math.log(ratio), _TAU_FLOOR)
+
+
+def labels_from_responsibilities(responsibilities: np.ndarray) -> np.ndarray:
+    """Return the argmax cluster per cell, -1 where all responsibilities are 0.
+
+    Parameters
+    ----------
+    responsibilities : ndarray of float32, shape (K, cell_y, cell_x)
+        Output of :func:`em_chunk` or :func:`refine`; 0 on invalid cells.
+
+    Returns
+    -------
+    ndarray of int64, shape (cell_y, cell_x)
+        Cluster index in [0, K) (ties go to the lowest index), -1 on invalid
+        cells.
+    """
+    labels = np.argmax(responsibilities, axis=0).astype(np.int64)
+    labels[~(responsibilities.sum(axis=0) > 0)] = -1
+    return labels
+
+
+def _one_hot(labels: np.ndarray, k: int) -> np.ndarray:
+    out = np.zeros((k, *labels.shape), dtype=np.float32)
+    rows, cols = np.nonzero(labels >= 0)
+    out[labels[rows, cols], rows, cols] = 1.0
+    return out
+
+
+def _fall_back(reason: str, kmeans_labels: np.ndarray, centroids: np.ndarray, *, patch_size: int, tau: float,
+               iterations_run: int) -> HeadRefineResult:
+    logger.warning("head refinement fell back to the K-means labels: %s", reason)
+    warnings.warn(f"head refinement fell back to the K-means labels: {reason}", RefinementFallbackWarning,
+                  stacklevel=3)
+    k = centroids.shape[0]
+    counts = np.bincount(kmeans_labels[kmeans_labels >= 0], minlength=k).astype(np.float64)
+    priors = counts / counts.sum() if counts.sum() > 0 else np.full(k, 1.0 / k)
+    return HeadRefineResult(
+        labels=kmeans_labels.astype(np.int64),
+        responsibilities=_one_hot(kmeans_labels, k),
+        cell_size=patch_size,
+        centroids=centroids,
+        priors=priors.astype(np.float32),
+        tau=tau,
+        iterations_run=iterations_run,
+        converged=False,
+        fell_back=True,
+        fallback_reason=reason,
+    )
+
+
+def _kmeans_labels(kmeans_labels: ArrayLike | None, partial: torch.Tensor, valid: torch.Tensor) -> np.ndarray:
+    k = partial.shape[1]
+    if kmeans_labels is None:
+        nearest = partial.argmin(dim=1).reshape(valid.shape)
+        return torch.where(valid, nearest, -1).cpu().numpy().astype(np.int64)
+
+    labels = np.asarray(kmeans_labels.cpu() if isinstance(kmeans_labels, torch.Tensor) else kmeans_labels)
+    if labels.shape != tuple(valid.shape) or not np.issubdtype(labels.dtype, np.integer):
+        raise InvalidInputError(
+            f"invalid kmeans_labels of shape {labels.shape} and dtype {labels.dtype}: expected integers of "
+            f"shape {tuple(valid.shape)}, the patch grid"
+        )
+    if labels.size and (labels.min() < -1 or labels.max() >= k):
+        raise InvalidInputError(f"invalid kmeans_labels in [{labels.min()}, {labels.max()}]: expected -1..{k - 1}")
+    return labels.astype(np.int64)
+
+
+def refine(
+    features: ArrayLike,
+    valid: ArrayLike,
+    centroids: ArrayLike,
+    config: HeadRefineConfig,
+    *,
+    patch_size: int,
+    guide: ArrayLike | None = None,
+    guide_valid: ArrayLike | None = None,
+    kmeans_labels: ArrayLike | None = None,
+    tau_sample: ArrayLike | None = None,
+    device: str | torch.device | None = None,
+) -> HeadRefineResult:
+    """Refine a K-means partition with soft EM and a spatial blend.
+
+    Runs the chunk function of :func:`em_chunk` with a zero halo on the
+    whole grid for up to ``config.iterations`` E-steps with an M-step between
+    each two. After an M-step that moves no centroid more than
+    ``config.tol``, the next E-step is the last. The argmax of the last
+    E-step's blended responsibilities gives the labels.
+
+    Parameters
+    ----------
+    features : ndarray or Tensor, shape (patch_y, patch_x, D)
+        L2-normalised patch features; values on invalid patches are ignored.
+    valid : ndarray or Tensor of bool, shape (patch_y, patch_x)
+        True on patches that hold data.
+    centroids : ndarray or Tensor, shape (K, D)
+        K-means centroids, K >= 2; they are rescaled to unit length.
+    config : HeadRefineConfig
+        EM and blend settings.
+    patch_size : int
+        Patch side in pixels of the resampled image.
+    guide : ndarray or Tensor, shape (C, H, W), optional
+        The resampled image in [0, 1]; required for the guided blend (see
+        :func:`em_chunk`).
+    guide_valid : ndarray or Tensor of bool, shape (H, W), optional
+        True on guide pixels that hold data.
+    kmeans_labels : ndarray or Tensor of int, shape (patch_y, patch_x), optional
+        K-means labels, -1 on invalid patches. They are returned on fallback
+        and set the initial priors. Default: the nearest centroid.
+    tau_sample : ndarray or Tensor of bool, shape (patch_y, patch_x), optional
+        Patches whose margins calibrate ``tau="auto"``, e.g. the K-means
+        sample, so that a chunked run can use the same patches; default: all
+        valid patches.
+    device : str or torch.device, optional
+        Where to compute; default: the device of ``features`` if it is a
+        tensor, else the CPU.
+
+    Returns
+    -------
+    HeadRefineResult
+        Labels and responsibilities on the cell grid, final centroids, priors
+        and tau. When EM degenerates (no valid patch, fewer than two non-empty
+        clusters, non-finite values) it holds the K-means labels on the patch
+        grid with ``fell_back=True``.
+
+    Raises
+    ------
+    InvalidInputError
+        On inconsistent shapes, K < 2, non-finite centroids or features on
+        valid patches, or a missing guide for the guided blend.
+    ConfigurationError
+        If ``guide_stride`` does not divide ``patch_size`` (guided blend).
+
+    Warns
+    -----
+    RefinementFallbackWarning
+        When the K-means labels are returned instead.
+    """
+    start = time.perf_counter()
+    device = _resolve_device(device, features)
+    features_t = _to_tensor(features, device, torch.float32)
+    valid_t = _to_tensor(valid, device, torch.bool)
+    centroids_t = _to_tensor(centroids, device, torch.float32)
+    k = centroids_t.shape[0]
+    _check_shapes(features_t, valid_t, centroids_t, torch.zeros(k), 0)
+    if not bool(torch.isfinite(centroids_t).all()):
+        raise InvalidInputError(f"centroids of shape {tuple(centroids_t.shape)} contain NaN or infinite values")
+    factor = cells_per_patch(config, patch_size)
+    guide_cells = None
+    if config.blend == "guided":
+        guide_cells = prepare_guide(guide, guide_valid, grid_shape=tuple(valid_t.shape), patch_size=patch_size,
+                                    config=config, device=device)
+    centroids_t = centroids_t / centroids_t.norm(dim=1, keepdim=True).clamp(min=1e-12)
+
+    # One product serves the K-means labels, the tau margins, the input check
+    # and the first E-step.
+    partial = _partial_distances(features_t, centroids_t)
+    if not bool(torch.isfinite(partial[valid_t.reshape(-1)]).all()):
+        raise InvalidInputError("features contain NaN or infinite values on valid patches: "
+                                "mask those patches as invalid")
+    labels_km = _kmeans_labels(kmeans_labels, partial, valid_t)
+    n_valid = int(valid_t.sum())
+    if n_valid == 0:
+        return _fall_back("no valid patches", labels_km, centroids_t.cpu().numpy(), patch_size=patch_size,
+                          tau=math.nan, iterations_run=0)
+    if config.tau == "auto":
+        sample = valid_t if tau_sample is None else _to_tensor(tau_sample, device, torch.bool) & valid_t
+        tau = tau_from_margins(_margins(partial, sample))
+    else:
+        tau = float(config.tau)
+    logger.info("head refinement: K=%d, %d valid patches of %s, tau=%.4g, blend=%s, alpha=%.2f, priors=%s",
+                k, n_valid, tuple(valid_t.shape), tau, config.blend, config.alpha, config.priors)
+
+    def run_chunk(centroids_now: torch.Tensor, log_priors_now: torch.Tensor, statistics: bool,
+                  partial_now: torch.Tensor | None = None) -> tuple[np.ndarray, EMStats | None]:
+        return _em_chunk(features_t, valid_t, centroids_now, log_priors_now, tau, config, halo=0, factor=factor,
+                         guide_cells=guide_cells, statistics=statistics, partial=partial_now)
+
+    counts = np.bincount(labels_km[labels_km >= 0], minlength=k).astype(np.float64)
+    initial_log_priors = _log_priors_from_mass(counts) if config.priors else np.full(k, -math.log(k), np.float32)
+    em = _iterate(run_chunk, centroids_t, torch.as_tensor(initial_log_priors, device=device), partial, config)
+    if isinstance(em, str):
+        return _fall_back(f"{em} (tau={tau:.3g})", labels_km, centroids_t.cpu().numpy(), patch_size=patch_size,
+                          tau=tau, iterations_run=config.iterations)
+    centroids_t, log_priors_t, m_steps, converged = em
+    iterations_run = m_steps + 1
+
+    responsibilities, _ = run_chunk(centroids_t, log_priors_t, False, partial if m_steps == 0 else None)
+    labels = labels_from_responsibilities(responsibilities)
+    n_used = np.unique(labels[labels >= 0]).size
+    reason = None
+    if not np.isfinite(responsibilities).all():
+        reason = f"non-finite responsibilities (tau={tau:.3g})"
+    elif n_used < 2:
+        reason = f"only {n_used} of {k} clusters hold any cell after EM (tau={tau:.3g}); lower tau or alpha"
+    if reason is not None:
+        return _fall_back(reason, labels_km, centroids_t.cpu().numpy(), patch_size=patch_size, tau=tau,
+                          iterations_run=iterations_run)
+
+    logger.info("head refinement finished: %d iterations, converged=%s, %d of %d clusters in use, %.2f s",
+                iterations_run, converged, n_used, k, time.perf_counter() - start)
+    return HeadRefineResult(
+        labels=labels,
+        responsibilities=responsibilities,
+        cell_size=patch_size // factor,
+        centroids=centroids_t.cpu().numpy(),
+        priors=log_priors_t.exp().cpu().numpy(),
+        tau=tau,
+        iterations_run=iterations_run,
+        converged=converged,
+        fell_back=False,
+        fallback_reason=None,
+    )
+
+
+def _iterate(
+    run_chunk: Callable[..., tuple[np.ndarray, EMStats | None]],
+    centroids: torch.Tensor,
+    log_priors: torch.Tensor,
+    partial: torch.Tensor,
+    config: HeadRefineConfig,
+) -> tuple[torch.Tensor, torch.Tensor, int, bool] | str:
+    # Runs the E- and M-steps before the last E-step and returns the final
+    # centroids, log priors, number of M-steps and convergence, or the reason
+    # to fall back.
+    for m_step in range(config.iterations - 1):
+        # The first E-step reuses the distances to the starting centroids.
+        _, stats = run_chunk(centroids, log_priors, True, partial if m_step == 0 else None)
+        assert stats is not None
+        new_centroids, new_log_priors = aggregate(stats, centroids, priors=config.priors)
+        if not (np.isfinite(new_centroids).all() and np.isfinite(new_log_priors).all()):
+            return f"non-finite centroids or priors after M-step {m_step + 1}"
+
+        new_centroids_t = torch.as_tensor(new_centroids, device=centroids.device)
+        shift = float((new_centroids_t - centroids).norm(dim=1).max())
+        centroids = new_centroids_t
+        log_priors = torch.as_tensor(new_log_priors, device=centroids.device)
+        logger.debug("EM M-step %d: largest centroid shift %.3g, priors %s", m_step + 1, shift,
+                     np.round(np.exp(new_log_priors), 3))
+        if shift <= config.tol:
+            return centroids, log_priors, m_step + 1, True
+    return centroids, log_priors, config.iterations - 1, False
