@@ -12,7 +12,6 @@ import dataclasses
 import math
 import tomllib
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any, get_args
 
@@ -426,6 +425,7 @@ class SegmentationConfig:
         return cls().with_updates(load_profile(name, path))
 
 
+_PROFILES_FILE = Path(__file__).with_name("profiles.toml")
 _FIELD_NAMES = {f.name for f in dataclasses.fields(SegmentationConfig)}
 
 
@@ -455,7 +455,7 @@ def _jsonable(value: Any) -> Any:
 
 def _read_profiles(path: Path | None) -> dict[str, Any]:
     if path is None:
-        text = resources.files("tree_seg").joinpath("profiles.toml").read_text(encoding="utf-8")
+        text = _PROFILES_FILE.read_text(encoding="utf-8")
     else:
         text = Path(path).read_text(encoding="utf-8")
     return tomllib.loads(text)
