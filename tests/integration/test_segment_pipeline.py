@@ -11,9 +11,12 @@ from affine import Affine
 from rasterio.crs import CRS
 
 from tree_seg import SegmentationConfig, segment, segment_to_files
-from tree_seg.config import BackboneConfig, ClusterConfig
+from tree_seg.config import BackboneConfig, ClusterConfig, WindowConfig
+from tree_seg.exceptions import ElbowRangeWarning
 
-TEXTURE = SegmentationConfig(backbone=BackboneConfig(name="texture"), cluster=ClusterConfig(k=3))
+TEXTURE = SegmentationConfig(
+    backbone=BackboneConfig(name="texture"), cluster=ClusterConfig(k=3), window=WindowConfig(scale=1.0)
+)
 
 
 def _write_raster(path, height, width, *, crs="EPSG:32633", transform=None, seed=0):
@@ -58,7 +61,9 @@ def test_segment_keeps_crs_and_transform(tmp_path):
 
 def test_segment_to_files_writes_named_outputs(tmp_path):
     path = _write_raster(tmp_path / "plot_7.tif", 128, 160)
-    run, files = segment_to_files(path, tmp_path / "out", TEXTURE.with_updates({"cluster": {"k": None, "k_min": 2, "k_max": 8}}))
+    config = TEXTURE.with_updates({"cluster": {"k": None, "k_min": 2, "k_max": 8}})
+    with pytest.warns(ElbowRangeWarning):  # seeded noise has no clear elbow
+        run, files = segment_to_files(path, tmp_path / "out", config)
     names = sorted(p.name for p in (tmp_path / "out").iterdir())
     assert names == [
         "plot_7_kmeans_elbow.png", "plot_7_kmeans_labels.tif", "plot_7_kmeans_legend.png",
@@ -100,7 +105,7 @@ def test_segment_head_refine_returns_responsibilities(tmp_path):
     assert resp.shape == (3, 10, 10)
     np.testing.assert_allclose(resp.sum("cluster").values, 1.0, atol=1e-5)
     assert result.attrs["method"] == "head-refine"
-    assert result.attrs["metadata"]["head_refine"]["alpha"] == 0.5
+    assert result.attrs["metadata"]["head_refine"]["alpha"] == config.head_refine.alpha
 
 
 def test_segment_dk41_local_cs_round_trips(shared_data, tmp_path):
@@ -125,6 +130,7 @@ def test_segment_sjer_keeps_non_square_pixels(shared_data, tmp_path):
         assert out.crs == src.crs
 
 
+@pytest.mark.filterwarnings("ignore::tree_seg.exceptions.ElbowRangeWarning")
 def test_segment_dinov2_runs_on_real_tile(shared_data, dinov2_weights, tmp_path):
     config = SegmentationConfig(
         backbone=BackboneConfig(name="dinov2_vits14", weights=dinov2_weights),

@@ -53,7 +53,7 @@ def test_profiles_define_three_presets():
     assert profile_names() == ["balanced", "quality", "quick"]
     quick = SegmentationConfig.from_profile("quick")
     quality = SegmentationConfig.from_profile("quality")
-    assert quick.window.scale == 0.5
+    assert quick.window.target_resolution == 0.3
     assert quality.labels.refine == "slic"
     assert load_profile("balanced")["cluster"]["k_max"] == 12
 

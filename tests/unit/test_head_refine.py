@@ -6,20 +6,21 @@ import numpy as np
 import pytest
 import torch
 
-from tree_seg.clustering.blend import blend_halo
+from tree_seg.clustering.blend import blend_halo, prepare_guide
 from tree_seg.clustering.head_refine import (
     PRIOR_FLOOR,
     EMStats,
     aggregate,
     em_chunk,
     labels_from_responsibilities,
+    log_priors_from_mass,
     nearest_margins,
     refine,
     tau_from_margins,
 )
 from tree_seg.clustering.kmeans import assign_patches, fit_kmeans, l2_normalize
 from tree_seg.config import HeadRefineConfig
-from tree_seg.exceptions import InvalidInputError, RefinementFallbackWarning
+from tree_seg.exceptions import ConfigurationError, InvalidInputError, RefinementFallbackWarning
 
 
 def _block_map(height, width, block):
@@ -320,6 +321,38 @@ def test_refine_priors_shift_boundary(rng):
             np.testing.assert_allclose(result.priors, [0.5, 0.5])
 
     assert counts[True] > counts[False] + 20
+
+
+def test_em_chunk_prepared_guide_same(rng):
+    features = l2_normalize(rng.normal(size=(6, 7, 4)))
+    valid = np.ones((6, 7), dtype=bool)
+    centroids = l2_normalize(rng.normal(size=(3, 4)))
+    guide = rng.random((3, 6 * 8, 7 * 8)).astype(np.float32)
+    config = HeadRefineConfig(blend="guided", guide_stride=2, guided_radius=2)
+
+    raw, _ = em_chunk(features, valid, centroids, np.zeros(3), 0.1, config, halo=0, patch_size=8, guide=guide)
+    cells = prepare_guide(guide, None, grid_shape=(6, 7), patch_size=8, config=config)
+    prepared, _ = em_chunk(features, valid, centroids, np.zeros(3), 0.1, config, halo=0, patch_size=8, guide=cells)
+
+    np.testing.assert_array_equal(prepared, raw)
+
+
+def test_refine_rejects_stride_not_dividing(rng):
+    features = l2_normalize(rng.normal(size=(4, 4, 3)))
+    config = HeadRefineConfig(blend="guided", guide_stride=4)
+
+    with pytest.raises(ConfigurationError, match="guide_stride=4"):
+        refine(features, np.ones((4, 4), dtype=bool), np.eye(3, dtype=np.float32)[:2], config, patch_size=14,
+               guide=np.zeros((3, 56, 56), dtype=np.float32))
+
+
+def test_log_priors_from_mass_floor():
+    log_priors = log_priors_from_mass(np.array([3.0, 1.0, 0.0]))
+
+    expected = np.array([0.75, 0.25, PRIOR_FLOOR])
+    np.testing.assert_allclose(np.exp(log_priors), expected / expected.sum(), rtol=1e-6)
+    np.testing.assert_allclose(log_priors_from_mass(np.array([3.0, 1.0]), priors=False), [math.log(0.5)] * 2)
+    np.testing.assert_allclose(log_priors_from_mass(np.zeros(4)), [math.log(0.25)] * 4)
 
 
 def test_tau_from_margins_median_rule():

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import typer
 
 from tree_seg.cli import params as p
-from tree_seg.cli.options import build_config, parse_bands, parse_k_range, parse_nodata, parse_tau
+from tree_seg.cli.options import build_config, parse_bands, parse_k_range, parse_nodata, parse_scale, parse_tau
 from tree_seg.config import SegmentationConfig, profile_names
 from tree_seg.exceptions import TreeSegError
 
@@ -115,7 +115,11 @@ def _config_from_options(
                 "name": o.get("backbone"), "weights": o.get("weights"),
                 "device": o.get("device"), "batch_size": o.get("batch_size"),
             },
-            "window": {"window": o.get("window"), "overlap": o.get("overlap"), "scale": o.get("scale")},
+            "window": {
+                "window": o.get("window"), "overlap": o.get("overlap"),
+                "scale": parse_scale(o["scale"]) if o.get("scale") else None,
+                "target_resolution": o.get("target_resolution"),
+            },
             "cluster": {
                 "k": o.get("k"), "k_min": k_min, "k_max": k_max, "seed": o.get("seed"),
                 "elbow_threshold": None if threshold is None else threshold / 100.0,
@@ -154,6 +158,7 @@ def segment(
     window: p.WindowOption = None,
     overlap: p.OverlapOption = None,
     scale: p.ScaleOption = None,
+    target_resolution: p.TargetResolutionOption = None,
     seed: p.SeedOption = None,
     device: p.DeviceOption = None,
     batch_size: p.BatchSizeOption = None,
@@ -248,6 +253,7 @@ def evaluate(
     window: p.WindowOption = None,
     overlap: p.OverlapOption = None,
     scale: p.ScaleOption = None,
+    target_resolution: p.TargetResolutionOption = None,
     seed: p.SeedOption = None,
     device: p.DeviceOption = None,
     batch_size: p.BatchSizeOption = None,
@@ -334,6 +340,7 @@ def sweep(
     window: p.WindowOption = None,
     overlap: p.OverlapOption = None,
     scale: p.ScaleOption = None,
+    target_resolution: p.TargetResolutionOption = None,
     seed: p.SeedOption = None,
     device: p.DeviceOption = None,
     batch_size: p.BatchSizeOption = None,

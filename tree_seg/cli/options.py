@@ -15,7 +15,7 @@ import typer
 from tree_seg.config import SegmentationConfig, load_profile
 from tree_seg.exceptions import ConfigurationError
 
-__all__ = ["build_config", "parse_bands", "parse_k_range", "parse_nodata", "parse_tau"]
+__all__ = ["build_config", "parse_bands", "parse_k_range", "parse_nodata", "parse_scale", "parse_tau"]
 
 
 def parse_bands(text: str) -> tuple[int, ...]:
@@ -49,6 +49,16 @@ def parse_nodata(text: str) -> float | str:
         return float(text)
     except ValueError:
         raise typer.BadParameter(f"invalid --nodata {text!r}: use a number, 'auto' or 'none'") from None
+
+
+def parse_scale(text: str) -> float | str:
+    """Parse ``--scale``: a positive number or ``auto``."""
+    if text.lower() == "auto":
+        return "auto"
+    try:
+        return float(text)
+    except ValueError:
+        raise typer.BadParameter(f"invalid --scale {text!r}: use a number such as 0.5, or 'auto'") from None
 
 
 def parse_tau(text: str) -> float | str:

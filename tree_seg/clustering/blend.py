@@ -68,13 +68,27 @@ def cells_per_patch(config: HeadRefineConfig, patch_size: int) -> int:
     """
     if config.blend == "neighbour":
         return 1
+    return patch_size // guide_stride(config, patch_size)
+
+
+def guide_stride(config: HeadRefineConfig, patch_size: int) -> int:
+    """Return the guide cell side in pixels: the configured one, or for ``None``
+    the largest divisor of the patch size up to 4 (4 for 16 px patches, 2 for 14 px).
+
+    Raises
+    ------
+    ConfigurationError
+        If a configured ``guide_stride`` does not divide ``patch_size``.
+    """
+    if config.guide_stride is None:
+        return max(d for d in range(1, 5) if patch_size % d == 0)
     if patch_size < 1 or patch_size % config.guide_stride != 0:
         divisors = [d for d in range(1, patch_size + 1) if patch_size % d == 0]
         raise ConfigurationError(
             f"invalid guide_stride={config.guide_stride}: it must divide the patch size {patch_size} "
             f"pixels; use one of {divisors}"
         )
-    return patch_size // config.guide_stride
+    return config.guide_stride
 
 
 def blend_halo(config: HeadRefineConfig, patch_size: int) -> int:
@@ -329,7 +343,7 @@ def prepare_guide(
     if not config.guided_colour:
         guide_t = guide_t.mean(dim=0, keepdim=True)
     masked = guide_valid is not None or pad_y > 0 or pad_x > 0
-    cells, cell_valid = guide_to_cells(guide_t, valid_t if masked else None, config.guide_stride)
+    cells, cell_valid = guide_to_cells(guide_t, valid_t if masked else None, guide_stride(config, patch_size))
     return GuideCells(cells=cells, valid=cell_valid)
 
 

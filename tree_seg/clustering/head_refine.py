@@ -61,6 +61,7 @@ __all__ = [
     "aggregate",
     "em_chunk",
     "labels_from_responsibilities",
+    "log_priors_from_mass",
     "nearest_margins",
     "refine",
     "tau_from_margins",
@@ -220,9 +221,9 @@ def _e_step(features: torch.Tensor, valid: torch.Tensor, centroids: torch.Tensor
     else:
         logits = log_priors - partial / tau
 
-    # Invalid patches may hold NaN, so only valid rows must be finite.
+    # Invalid patches may contain NaN, so only valid rows must be finite.
     if not bool(torch.isfinite(logits).all()) and not bool(torch.isfinite(logits[valid.reshape(-1)]).all()):
-        raise InvalidInputError(f"non-finite E-step values on valid patches: features or centroids hold NaN or "
+        raise InvalidInputError(f"non-finite E-step values on valid patches: features or centroids contain NaN or "
                                 f"infinity (mask those patches as invalid), or tau={tau:g} is too small")
 
     resp = torch.log_softmax(logits.T.reshape(-1, height, width), dim=0).exp_()
@@ -235,7 +236,7 @@ def _statistics(features: torch.Tensor, resp: torch.Tensor, used: torch.Tensor) 
     sum_r = (resp * used).to(torch.float64).sum(dim=(1, 2))
     sum_rx = torch.zeros((k, dim), dtype=torch.float64, device=features.device)
 
-    # Invalid patches may hold NaN features, and 0 * NaN is NaN, so their
+    # Invalid patches may contain NaN features, and 0 * NaN is NaN, so their
     # rows are dropped rather than weighted by 0.
     rows_per_block = max(1, _M_STEP_BLOCK // width)
     for top in range(0, height, rows_per_block):
@@ -289,12 +290,12 @@ def em_chunk(
     patch_size : int
         Patch side in pixels of the resampled image.
     guide : ndarray, Tensor of shape (C, H, W), or GuideCells, optional
-        Required for the guided blend: the resampled image in [0, 1] covering
-        the same patches, ``H = patch_y * patch_size`` (a last partial patch
-        row or column of pixels may be missing; it is treated as invalid), or
-        its cells from :func:`~tree_seg.clustering.blend.prepare_guide`,
-        which a caller running several iterations on one chunk can compute
-        once.
+        Required for the guided blend. Either the resampled image in [0, 1]
+        covering the same patches, with ``H = patch_y * patch_size``, or its
+        cells from :func:`~tree_seg.clustering.blend.prepare_guide`, which a
+        caller running several iterations on one chunk can compute once. A
+        last partial patch row or column of pixels may be missing and is then
+        treated as invalid.
     guide_valid : ndarray or Tensor of bool, shape (H, W), optional
         True on guide pixels that hold data; None treats all as valid. Not
         read when ``guide`` is a GuideCells.
@@ -366,12 +367,35 @@ def _em_chunk(features: torch.Tensor, valid: torch.Tensor, centroids: torch.Tens
     return out, stats
 
 
-def _log_priors_from_mass(mass: np.ndarray) -> np.ndarray:
+def log_priors_from_mass(mass: np.ndarray, *, priors: bool = True) -> np.ndarray:
+    """Turn cluster masses into log mixing proportions.
+
+    Parameters
+    ----------
+    mass : array_like of float, shape (K,)
+        Total responsibility per cluster, or the K-means cluster sizes for
+        the first E-step, in patches.
+    priors : bool, default=True
+        False returns equal priors whatever the masses.
+
+    Returns
+    -------
+    ndarray of float32, shape (K,)
+        Natural log of ``mass / sum(mass)``, each proportion floored at
+        :data:`PRIOR_FLOOR` and renormalised. Equal priors when the total
+        mass is 0.
+    """
+    mass = np.asarray(mass, dtype=np.float64)
     total = float(mass.sum())
-    if not total > 0.0:
+    if not priors or not total > 0.0:
         return np.full(mass.shape, -math.log(mass.shape[0]), dtype=np.float32)
-    priors = np.maximum(mass / total, PRIOR_FLOOR)
-    return np.log(priors / priors.sum()).astype(np.float32)
+    proportions = np.maximum(mass / total, PRIOR_FLOOR)
+    return np.log(proportions / proportions.sum()).astype(np.float32)
+
+
+# TODO: remove once tree_seg.engine.passes imports log_priors_from_mass, the
+# public name of this function.
+_log_priors_from_mass = log_priors_from_mass
 
 
 def aggregate(stats: EMStats, previous_centroids: ArrayLike, *, priors: bool = True) -> tuple[np.ndarray, np.ndarray]:
@@ -409,11 +433,7 @@ def aggregate(stats: EMStats, previous_centroids: ArrayLike, *, priors: bool = T
     keep_previous = (mass < EMPTY_CLUSTER_MASS) | (norms < 1e-12)
     centroids = np.where(keep_previous[:, None], previous, means / np.where(keep_previous, 1.0, norms)[:, None])
 
-    if priors:
-        log_priors = _log_priors_from_mass(mass)
-    else:
-        log_priors = np.full(mass.shape, -math.log(mass.shape[0]), dtype=np.float32)
-    return centroids.astype(np.float32), log_priors
+    return centroids.astype(np.float32), log_priors_from_mass(mass, priors=priors)
 
 
 def nearest_margins(features: ArrayLike, select: ArrayLike, centroids: ArrayLike, *,
@@ -604,7 +624,7 @@ def refine(
     HeadRefineResult
         Labels and responsibilities on the cell grid, final centroids, priors
         and tau. When EM degenerates (no valid patch, fewer than two non-empty
-        clusters, non-finite values) it holds the K-means labels on the patch
+        clusters, non-finite values) it contains the K-means labels on the patch
         grid with ``fell_back=True``.
 
     Raises
@@ -661,7 +681,7 @@ def refine(
                          guide_cells=guide_cells, statistics=statistics, partial=partial_now)
 
     counts = np.bincount(labels_km[labels_km >= 0], minlength=k).astype(np.float64)
-    initial_log_priors = _log_priors_from_mass(counts) if config.priors else np.full(k, -math.log(k), np.float32)
+    initial_log_priors = log_priors_from_mass(counts, priors=config.priors)
     em = _iterate(run_chunk, centroids_t, torch.as_tensor(initial_log_priors, device=device), partial, config)
     if isinstance(em, str):
         return _fall_back(f"{em} (tau={tau:.3g})", labels_km, centroids_t.cpu().numpy(), patch_size=patch_size,

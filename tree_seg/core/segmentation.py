@@ -38,6 +38,7 @@ from tree_seg.core.versions import package_versions
 from tree_seg.exceptions import InvalidInputError
 from tree_seg.features.extract import extract_patch_features, patch_validity
 from tree_seg.features.grid import WindowGrid
+from tree_seg.features.scale import resolve_scale
 from tree_seg.features.resample import resample_image, resample_mask, resampled_shape
 from tree_seg.io.reader import RasterSource, open_raster
 from tree_seg.models import load_backbone
@@ -78,6 +79,8 @@ class FeatureGrid:
         Valid mask of the input.
     backbone : dict
         :meth:`Backbone.info` of the backbone that made the features.
+    scale : float
+        Resampling factor actually used (``"auto"`` resolved).
     """
 
     features: np.ndarray
@@ -88,6 +91,7 @@ class FeatureGrid:
     image: np.ndarray
     pixel_valid: np.ndarray
     backbone: dict[str, Any]
+    scale: float
 
 
 @dataclass
@@ -153,7 +157,7 @@ def extract_features(
         )
 
     with profile.stage("features"):
-        scale = config.window.scale
+        scale = resolve_scale(config.window, crs=source.crs, transform=source.transform)
         shape = resampled_shape((source.height, source.width), scale)
         resampled = resample_image(image, scale) if scale != 1.0 else image
         model_valid = resample_mask(pixel_valid, scale) if scale != 1.0 else pixel_valid
@@ -188,6 +192,7 @@ def extract_features(
         image=image,
         pixel_valid=pixel_valid,
         backbone=backbone.info(),
+        scale=scale,
     )
 
 
@@ -252,11 +257,10 @@ def _kmeans_scores(grid: FeatureGrid, model: ClusterModel) -> tuple[np.ndarray, 
     return labels.reshape(h, w), scores.astype(np.float32).reshape(model.k, h, w)
 
 
-def _guide(grid: FeatureGrid, config: SegmentationConfig) -> tuple[np.ndarray, np.ndarray]:
-    scale = config.window.scale
-    if scale == 1.0:
+def _guide(grid: FeatureGrid) -> tuple[np.ndarray, np.ndarray]:
+    if grid.scale == 1.0:
         return grid.image, grid.pixel_valid
-    return resample_image(grid.image, scale), resample_mask(grid.pixel_valid, scale)
+    return resample_image(grid.image, grid.scale), resample_mask(grid.pixel_valid, grid.scale)
 
 
 def _refine_head(
@@ -264,7 +268,7 @@ def _refine_head(
 ) -> HeadRefineResult:
     guide, guide_valid = (None, None)
     if config.head_refine.blend == "guided":
-        guide, guide_valid = _guide(grid, config)
+        guide, guide_valid = _guide(grid)
     return refine(
         grid.features,
         grid.valid,
@@ -531,7 +535,10 @@ def run_metadata(
         "input": source.to_dict(),
         "configuration": config.to_dict(),
         "backbone": grid.backbone,
-        "patch_grid": {"shape": list(grid.features.shape[:2]), "n_valid": int(grid.valid.sum())},
+        "patch_grid": {
+            "shape": list(grid.features.shape[:2]), "n_valid": int(grid.valid.sum()),
+            "patch_size_px": grid.patch_size, "scale": grid.scale,
+        },
         "k": model.k,
         "k_source": "fixed" if model.elbow is None else "elbow",
         "elbow": model.elbow,

@@ -1,0 +1,109 @@
+"""The Dask engine on process clusters: worker counts, a real tile, GPU routing (slow)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+from distributed import Client, Nanny, Scheduler, SpecCluster
+
+from tree_seg.config import EngineConfig, SegmentationConfig
+from tree_seg.engine import open_client, segment_many, segment_raster
+from tree_seg.engine.worker import backbone_load_count
+
+pytestmark = pytest.mark.slow
+
+LOOPBACK_DASHBOARD = "127.0.0.1:0"
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    # Workers run torch with one thread (the nanny sets OMP_NUM_THREADS=1);
+    # the in-process reference runs get the same.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _config(method, chunk_size, **engine):
+    return SegmentationConfig().with_updates({
+        "method": method,
+        "backbone": {"name": "texture"},
+        "window": {"window": 128, "overlap": 32},
+        "cluster": {"k": 4},
+        "engine": {"chunk_size": chunk_size, "scheduler": "synchronous", **engine},
+    })
+
+
+def _labels(path):
+    with rasterio.open(path) as src:
+        return src.read(1)
+
+
+@pytest.fixture(scope="module")
+def pattern(tmp_path_factory):
+    from tests.integration.test_engine_pipeline import write_pattern_raster
+
+    return write_pattern_raster(tmp_path_factory.mktemp("pattern") / "pattern.tif", 384, 480)
+
+
+@pytest.mark.parametrize("method", ["kmeans", "head-refine"])
+def test_engine_worker_counts_identical(pattern, tmp_path, method):
+    config = _config(method, 256)
+    reference = _labels(segment_raster(pattern, tmp_path / "sync", config, pictures=False, progress=False).labels_path)
+
+    for workers in (1, 2):
+        engine = EngineConfig(chunk_size=256, workers=workers)
+        with open_client(engine, dashboard_address=LOOPBACK_DASHBOARD) as client:
+            assert len(client.scheduler_info(n_workers=-1)["workers"]) == workers
+            result = segment_raster(pattern, tmp_path / str(workers), config, client=client, pictures=False,
+                                    progress=False)
+        differing = int((_labels(result.labels_path) != reference).sum())
+        print(f"{method}, {workers} worker(s): {differing} pixels differ from the in-process run")
+        assert differing == 0
+
+
+def test_engine_two_workers_real_tile(shared_data, tmp_path):
+    tile = shared_data / "oam_tcd" / "tcd_00004_image.tif"
+    engine = EngineConfig(chunk_size=1024, workers=2)
+    with open_client(engine, dashboard_address=LOOPBACK_DASHBOARD) as client:
+        items = []
+        for method in ("kmeans", "head-refine"):
+            config = SegmentationConfig().with_updates({
+                "method": method, "backbone": {"name": "texture"}, "cluster": {"k": 5},
+                "engine": {"chunk_size": 1024},
+            })
+            items += segment_many([tile], tmp_path, config, client=client, pictures=False, progress=False)
+        loads = client.run(backbone_load_count)
+
+    assert [item.status for item in items] == ["ok", "ok"]
+    assert list(loads.values()) == [1, 1]
+    kmeans, head_refine = (_labels(item.result.labels_path) for item in items)
+    for labels in (kmeans, head_refine):
+        assert labels.shape == (2048, 2048)
+        # About 73% of the tile is a white collar with no nodata tag, found by the automatic rule.
+        assert 0.6 < (labels == 255).mean() < 0.8
+        assert set(np.unique(labels)) <= {0, 1, 2, 3, 4, 255}
+    assert items[1].result.metadata["head_refine"]["fell_back"] is False
+    assert items[1].result.metadata["engine"]["feature_chunks_computed"] == 0
+
+
+def test_engine_gpu_resource_routes_features(pattern, tmp_path):
+    # Two worker processes, of which only one advertises a GPU: the
+    # backbone must load there and nowhere else.
+    workers = {
+        "gpu": {"cls": Nanny, "options": {"nthreads": 1, "resources": {"GPU": 1}, "host": "127.0.0.1"}},
+        "cpu": {"cls": Nanny, "options": {"nthreads": 1, "host": "127.0.0.1"}},
+    }
+    scheduler = {"cls": Scheduler, "options": {"host": "127.0.0.1", "dashboard_address": LOOPBACK_DASHBOARD}}
+    with SpecCluster(workers=workers, scheduler=scheduler) as cluster, Client(cluster) as client:
+        client.wait_for_workers(2)
+        segment_raster(pattern, tmp_path, _config("kmeans", 128), client=client, pictures=False, progress=False)
+        loads = client.run(backbone_load_count)
+        resources = {address: info["resources"] for address, info in
+                     client.scheduler_info(n_workers=-1)["workers"].items()}
+
+    for address, count in loads.items():
+        assert count == (1 if resources[address].get("GPU") else 0)

@@ -1,0 +1,138 @@
+"""Client set-up, the executor, tree reductions and progress bars of the Dask engine."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+from distributed import Client, LocalCluster, get_worker
+
+from tree_seg.config import EngineConfig
+from tree_seg.engine.cluster import Executor, local_cluster_size, open_client, tree_reduce, workers_have_gpu
+from tree_seg.engine.layout import iter_blocks
+from tree_seg.engine.progress import progress_enabled
+
+
+def _pair(*parts):
+    return tuple(parts)
+
+
+def _column_plus(offset, block):
+    return offset + block.index[1]
+
+
+def _fail_on_third(block):
+    if block.index[1] == 2:
+        raise ValueError(f"chunk {block.index} failed")
+    return block.index[1]
+
+
+def _resource_restrictions(block):
+    worker = get_worker()
+    return worker.state.tasks[worker.get_current_task()].resource_restrictions
+
+
+@pytest.fixture(scope="module")
+def gpu_client():
+    # Threads in this process: a cluster that starts in about a second, with
+    # workers that advertise a GPU resource.
+    with (
+        LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address="127.0.0.1:0",
+                     resources={"GPU": 1}) as cluster,
+        Client(cluster) as client,
+    ):
+        yield client
+
+
+def test_tree_reduce_groups_in_order():
+    assert tree_reduce(list(range(5)), _pair, split_every=2) == (((0, 1), (2, 3)), 4)
+
+
+def test_tree_reduce_single_item():
+    assert tree_reduce([7], _pair) == 7
+
+
+def test_tree_reduce_submit_same_grouping():
+    submitted = []
+
+    def submit(func, *group):
+        submitted.append(len(group))
+        return func(*group)
+
+    items = list(range(20))
+    assert tree_reduce(items, _pair, split_every=8, submit=submit) == tree_reduce(items, _pair, split_every=8)
+    assert submitted == [8, 8, 4, 3]
+
+
+def test_local_cluster_size_cpu():
+    size = local_cluster_size(3, use_gpu=False)
+    assert size.n_workers == 3
+    assert size.threads_per_worker == 1
+    assert size.resources == {}
+    assert size.memory_limit > 0
+
+
+def test_local_cluster_size_gpu_one_process():
+    size = local_cluster_size(None, use_gpu=True)
+    assert size.n_workers == 1
+    assert size.threads_per_worker >= 1
+    assert size.resources == {"GPU": 1.0}
+
+
+def test_open_client_synchronous_yields_none():
+    with open_client(EngineConfig(scheduler="synchronous")) as client:
+        assert client is None
+
+
+def test_executor_synchronous_map_in_order():
+    executor = Executor(None, progress=False)
+    blocks = list(iter_blocks((2, 5), 1))
+    assert executor.map(_column_plus, blocks, 10, description="test") == [10, 11, 12, 13, 14] * 2
+    assert not executor.gpu
+
+
+def test_executor_synchronous_map_reduce():
+    executor = Executor(None, progress=False)
+    blocks = list(iter_blocks((1, 5), 1))
+    result = executor.map_reduce(_column_plus, blocks, 0, combine=_pair, description="test", split_every=2)
+    assert result == (((0, 1), (2, 3)), 4)
+
+
+def test_executor_distributed_matches_synchronous(gpu_client):
+    blocks = list(iter_blocks((1, 9), 1))
+    local = Executor(None, progress=False).map_reduce(_column_plus, blocks, 1, combine=_pair, description="test")
+    remote = Executor(gpu_client, progress=False).map_reduce(_column_plus, blocks, 1, combine=_pair,
+                                                             description="test")
+    assert remote == local
+
+
+def test_executor_annotates_gpu_tasks(gpu_client):
+    executor = Executor(gpu_client, progress=False)
+    blocks = list(iter_blocks((1, 3), 1))
+    assert executor.gpu
+    assert workers_have_gpu(gpu_client)
+    assert executor.map(_resource_restrictions, blocks, description="gpu", gpu=True) == [{"GPU": 1}] * 3
+    assert executor.map(_resource_restrictions, blocks, description="cpu") == [None] * 3
+
+
+def test_executor_raises_task_error(gpu_client):
+    executor = Executor(gpu_client, progress=False)
+    with pytest.raises(ValueError, match=r"chunk \(0, 2\) failed"):
+        executor.map(_fail_on_third, list(iter_blocks((1, 4), 1)), description="failing")
+
+
+def test_workers_have_gpu_without_client():
+    assert not workers_have_gpu(None)
+
+
+def test_progress_enabled_follows_logging():
+    logger = logging.getLogger("tree_seg")
+    level = logger.level
+    try:
+        logger.setLevel(logging.WARNING)
+        assert not progress_enabled(None)
+        logger.setLevel(logging.INFO)
+        assert progress_enabled(None)
+        assert not progress_enabled(False)
+    finally:
+        logger.setLevel(level)

@@ -1,0 +1,97 @@
+"""Chunk layouts and halos of the Dask engine."""
+
+from __future__ import annotations
+
+import pytest
+
+from tree_seg.engine.layout import block_grid, halo_slices, iter_blocks, patch_chunk_side, slic_depth
+from tree_seg.exceptions import ConfigurationError
+
+
+def test_patch_chunk_side_defaults():
+    # window 448, overlap 112: a stride of 336 px = 21 patches of 16 px; 2048 px hold 6 strides.
+    assert patch_chunk_side(2048, scale=1.0, patch_size=16, window=448, overlap=112) == 126
+
+
+def test_patch_chunk_side_dinov2_patches():
+    # stride 224 - 56 = 168 px = 12 patches of 14 px; 2048 px hold 12 strides.
+    assert patch_chunk_side(2048, scale=1.0, patch_size=14, window=224, overlap=56) == 144
+
+
+def test_patch_chunk_side_multiple_of_stride():
+    for chunk_size in (64, 300, 1000, 2048, 5000):
+        side = patch_chunk_side(chunk_size, scale=1.0, patch_size=16, window=128, overlap=32)
+        assert side % 6 == 0
+        assert side >= 6
+
+
+def test_patch_chunk_side_follows_scale():
+    full = patch_chunk_side(2048, scale=1.0, patch_size=16, window=128, overlap=32)
+    half = patch_chunk_side(2048, scale=0.5, patch_size=16, window=128, overlap=32)
+    assert full == 126
+    assert half == 60
+
+
+def test_patch_chunk_side_at_least_one_stride():
+    assert patch_chunk_side(64, scale=1.0, patch_size=16, window=448, overlap=112) == 21
+
+
+def test_patch_chunk_side_rejects_bad_stride():
+    with pytest.raises(ConfigurationError, match="stride"):
+        patch_chunk_side(2048, scale=1.0, patch_size=16, window=120, overlap=32)
+
+
+def test_iter_blocks_covers_grid_once():
+    shape = (33, 49)
+    blocks = list(iter_blocks(shape, 12))
+    covered = [[0] * shape[1] for _ in range(shape[0])]
+    for block in blocks:
+        for row in range(block.rows.start, block.rows.stop):
+            for col in range(block.cols.start, block.cols.stop):
+                covered[row][col] += 1
+    assert all(count == 1 for row in covered for count in row)
+    assert len(blocks) == 3 * 5
+    assert block_grid(shape, 12) == (3, 5)
+
+
+def test_iter_blocks_last_chunk_smaller():
+    blocks = list(iter_blocks((33, 49), 12))
+    last = blocks[-1]
+    assert last.index == (2, 4)
+    assert last.shape == (9, 1)
+
+
+def test_iter_blocks_pixel_chunks_one_past_multiple():
+    blocks = list(iter_blocks((513, 770), 256))
+    assert block_grid((513, 770), 256) == (3, 4)
+    assert blocks[-1].rows == slice(512, 513)
+    assert blocks[-1].cols == slice(768, 770)
+
+
+def test_halo_slices_interior():
+    halo = halo_slices(slice(12, 24), 5, 49)
+    assert halo.read == slice(7, 29)
+    assert (halo.pad_before, halo.pad_after) == (0, 0)
+
+
+def test_halo_slices_at_edges():
+    first = halo_slices(slice(0, 12), 5, 49)
+    assert first.read == slice(0, 17)
+    assert (first.pad_before, first.pad_after) == (5, 0)
+
+
+def test_halo_slices_chunk_smaller_than_halo():
+    # The last chunk of 49 patches in chunks of 12 is one patch wide.
+    last = halo_slices(slice(48, 49), 5, 49)
+    assert last.read == slice(43, 49)
+    assert (last.pad_before, last.pad_after) == (0, 5)
+
+
+def test_halo_slices_halo_wider_than_grid():
+    halo = halo_slices(slice(0, 3), 5, 3)
+    assert halo.read == slice(0, 3)
+    assert (halo.pad_before, halo.pad_after) == (5, 5)
+
+
+def test_slic_depth_two_superpixels():
+    assert slic_depth(16) == 32

@@ -1,0 +1,317 @@
+"""Dask client set-up and the executor that maps per-chunk tasks over it.
+
+:func:`open_client` turns :class:`~tree_seg.config.EngineConfig` into a Dask
+client: a ``LocalCluster`` started here (the default), Dask's synchronous
+scheduler in this process (``scheduler="synchronous"``), or a running
+scheduler at an address (any other value). :class:`Executor` runs one pass:
+a map of a per-chunk function over chunks, optionally followed by a tree
+reduction whose grouping depends only on the chunk order, so a result does
+not depend on the number of workers or on which task finishes first.
+
+GPU workers. Feature tasks carry the Dask resource annotation ``GPU: 1`` when
+at least one worker of the cluster advertises a ``GPU`` resource; such tasks
+then run only on those workers, one at a time per GPU. Workers advertise it
+when started with ``dask worker ADDRESS --resources GPU=1`` or
+``dask cuda worker ADDRESS --resources GPU=1`` (dask-cuda, one worker per GPU).
+Without any such worker no task is annotated, because a task that needs an
+absent resource never runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from functools import reduce
+from typing import Any, TypeVar
+
+import dask
+import psutil
+from dask.system import CPU_COUNT
+from distributed import Client, LocalCluster, as_completed
+
+from tree_seg.config import EngineConfig
+from tree_seg.engine.layout import Block
+from tree_seg.engine.progress import chunk_bar
+
+__all__ = ["Executor", "LocalClusterSize", "local_cluster_size", "open_client", "tree_reduce", "workers_have_gpu"]
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+SPLIT_EVERY = 8
+"""Partial results combined per node of a tree reduction."""
+
+
+class LocalClusterSize:
+    """Worker processes, threads and memory of the default local cluster.
+
+    Attributes
+    ----------
+    n_workers : int
+        Worker processes.
+    threads_per_worker : int
+        Threads per worker process.
+    memory_limit : int
+        Bytes per worker, the machine's memory divided among the workers.
+    resources : dict of str to float
+        Resources each worker advertises, ``{"GPU": 1}`` when it gets the GPU.
+    """
+
+    def __init__(self, n_workers: int, threads_per_worker: int, memory_limit: int, resources: dict[str, float]):
+        self.n_workers = n_workers
+        self.threads_per_worker = threads_per_worker
+        self.memory_limit = memory_limit
+        self.resources = resources
+
+    def __repr__(self) -> str:
+        return (f"LocalClusterSize(n_workers={self.n_workers}, threads_per_worker={self.threads_per_worker}, "
+                f"memory_limit={self.memory_limit}, resources={self.resources})")
+
+
+def local_cluster_size(workers: int | None, *, use_gpu: bool) -> LocalClusterSize:
+    """Size the default ``LocalCluster`` for this machine.
+
+    Without a GPU: ``workers`` processes (default: one per CPU core that this
+    process may use) of one thread each. With a GPU and no ``workers``: one
+    process holding the model once, with one thread per core and the ``GPU``
+    resource, so feature tasks take the GPU one at a time while the other
+    threads run CPU passes. An explicit ``workers`` with a GPU gives every
+    process the resource, and each loads the model on the same device; for
+    several GPUs use dask-cuda (see ``distributed/README.md``).
+
+    Parameters
+    ----------
+    workers : int or None
+        Worker processes, or None to size by the machine.
+    use_gpu : bool
+        Whether the backbone will run on a local CUDA device.
+
+    Returns
+    -------
+    LocalClusterSize
+    """
+    total_memory = psutil.virtual_memory().total
+    resources = {"GPU": 1.0} if use_gpu else {}
+    if use_gpu and workers is None:
+        return LocalClusterSize(1, CPU_COUNT, total_memory, resources)
+    n_workers = workers or CPU_COUNT
+    return LocalClusterSize(n_workers, 1, total_memory // n_workers, resources)
+
+
+@contextmanager
+def open_client(
+    engine: EngineConfig, *, use_gpu: bool = False, dashboard_address: str = "127.0.0.1:8787"
+) -> Iterator[Client | None]:
+    """Open the Dask client that ``engine.scheduler`` names, and close it on exit.
+
+    Parameters
+    ----------
+    engine : EngineConfig
+        ``scheduler`` None starts a ``LocalCluster`` of processes on this
+        machine (sized by :func:`local_cluster_size`, listening on loopback
+        only); ``"synchronous"`` yields None, and the engine then runs every
+        task in this process with Dask's synchronous scheduler; any other
+        value is the address of a running scheduler, e.g.
+        ``"tcp://10.0.0.5:8786"``, which is left running on exit.
+    use_gpu : bool, default=False
+        Size a local cluster for a local CUDA device.
+    dashboard_address : str, default="127.0.0.1:8787"
+        Where a local cluster serves its dashboard; ``":0"`` picks a free port.
+
+    Yields
+    ------
+    distributed.Client or None
+    """
+    if engine.scheduler == "synchronous":
+        logger.info("Running every task in this process with Dask's synchronous scheduler")
+        yield None
+        return
+
+    if engine.scheduler is not None:
+        logger.info("Connecting to the Dask scheduler at %s", engine.scheduler)
+        with Client(engine.scheduler) as client:
+            n_workers = len(client.scheduler_info(n_workers=-1)["workers"])
+            logger.info("Connected to %s with %d workers; dashboard %s", engine.scheduler, n_workers,
+                        client.dashboard_link)
+            yield client
+        return
+
+    size = local_cluster_size(engine.workers, use_gpu=use_gpu)
+    logger.info("Starting a LocalCluster: %d worker process(es), %d thread(s) each, %.1f GiB each, resources %s",
+                size.n_workers, size.threads_per_worker, size.memory_limit / 2**30, size.resources or "none")
+    with (
+        LocalCluster(
+            n_workers=size.n_workers,
+            threads_per_worker=size.threads_per_worker,
+            processes=True,
+            host="127.0.0.1",
+            memory_limit=size.memory_limit,
+            dashboard_address=dashboard_address,
+            resources=size.resources or None,
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        logger.info("Dask dashboard: %s", client.dashboard_link)
+        yield client
+
+
+def workers_have_gpu(client: Client | None) -> bool:
+    """Return whether any worker of the cluster advertises a ``GPU`` resource."""
+    if client is None:
+        return False
+    workers = client.scheduler_info(n_workers=-1)["workers"].values()
+    return any(float(worker.get("resources", {}).get("GPU", 0)) > 0 for worker in workers)
+
+
+def tree_reduce(items: Sequence[T], combine: Callable[..., T], *, split_every: int = SPLIT_EVERY,
+                submit: Callable[..., Any] | None = None) -> Any:
+    """Reduce items by combining consecutive groups of ``split_every``, level by level.
+
+    The grouping depends only on the order of ``items``, so floating-point
+    sums come out the same however the work is scheduled.
+
+    Parameters
+    ----------
+    items : sequence
+        Partial results, or futures of them, in chunk order; at least one.
+    combine : callable
+        ``combine(*group)`` returns the combined partial result.
+    split_every : int, default=8
+        Group size.
+    submit : callable, optional
+        ``submit(combine, *group)`` that returns a future (``Client.submit``);
+        without it the groups are combined here.
+
+    Returns
+    -------
+    The combined result, or its future when ``submit`` is given.
+    """
+    level = list(items)
+    while len(level) > 1:
+        groups = [level[i:i + split_every] for i in range(0, len(level), split_every)]
+        if submit is None:
+            level = [combine(*group) if len(group) > 1 else group[0] for group in groups]
+        else:
+            level = [submit(combine, *group) if len(group) > 1 else group[0] for group in groups]
+    return level[0]
+
+
+def combine_all(combine: Callable[[T, T], T]) -> Callable[..., T]:
+    """Turn a pairwise ``combine(a, b)`` into ``combine_many(*parts)`` that adds left to right."""
+    def combine_many(*parts: T) -> T:
+        return reduce(combine, parts)
+
+    combine_many.__name__ = f"combine_{getattr(combine, '__name__', 'parts')}"
+    return combine_many
+
+
+class Executor:
+    """Runs the per-chunk tasks of the engine's passes on a client, or in this process.
+
+    Parameters
+    ----------
+    client : distributed.Client or None
+        None runs every task with Dask's synchronous scheduler here.
+    progress : bool
+        Show a progress bar per pass.
+    """
+
+    def __init__(self, client: Client | None, *, progress: bool) -> None:
+        self.client = client
+        self.progress = progress
+        self.gpu = workers_have_gpu(client)
+        if self.gpu:
+            logger.info("Workers advertise a GPU resource, so feature tasks are annotated with GPU=1")
+
+    def _annotations(self, gpu: bool) -> dict[str, Any]:
+        return {"resources": {"GPU": 1}} if gpu and self.gpu else {}
+
+    def run(self, func: Callable[..., T], *args: Any, gpu: bool = False) -> T:
+        """Run one task and return its result (on a GPU worker when ``gpu`` and one exists)."""
+        if self.client is None:
+            return func(*args)
+        annotations = self._annotations(gpu)
+        future = self.client.submit(func, *args, pure=False, **annotations)
+        return future.result()
+
+    def _delayed_tasks(self, func: Callable[..., Any], blocks: Sequence[Block], args: tuple[Any, ...],
+                       name: str, gpu: bool) -> list[Any]:
+        token = uuid.uuid4().hex[:8]
+        # Each shared argument becomes one graph node that every task refers
+        # to, so a raster handle or a store handle is sent once, not per task.
+        shared = [dask.delayed(arg, name=f"{name}-arg{i}-{token}", traverse=False) for i, arg in enumerate(args)]
+        with dask.annotate(**self._annotations(gpu)):
+            return [
+                dask.delayed(func, pure=False, traverse=False)(
+                    *shared, block, dask_key_name=f"{name}-{block.index[0]}-{block.index[1]}-{token}"
+                )
+                for block in blocks
+            ]
+
+    def _futures(self, tasks: list[Any], description: str) -> list[Any]:
+        assert self.client is not None
+        futures = self.client.compute(tasks, optimize_graph=False)
+        bar = chunk_bar(len(futures), description, enabled=self.progress)
+        try:
+            for future in as_completed(futures):
+                if future.status == "error":
+                    future.result()
+                bar.update(1)
+        except BaseException:
+            self.client.cancel(futures)
+            raise
+        finally:
+            bar.close()
+        return futures
+
+    def map(self, func: Callable[..., T], blocks: Sequence[Block], *args: Any, description: str,
+            gpu: bool = False) -> list[T]:
+        """Run ``func(*args, block)`` for every block and return the results in block order.
+
+        Parameters
+        ----------
+        func : callable
+            Per-chunk task; ``args`` come first and the block last.
+        blocks : sequence of Block
+            Chunks to run.
+        *args
+            Arguments shared by every task, sent once.
+        description : str
+            Progress bar label, also the task-name prefix in the dashboard.
+        gpu : bool, default=False
+            Annotate the tasks with ``GPU: 1`` when workers have GPUs.
+        """
+        if not blocks:
+            return []
+        name = description.replace(" ", "-")
+        tasks = self._delayed_tasks(func, blocks, args, name, gpu)
+        if self.client is not None:
+            return self.client.gather(self._futures(tasks, description))
+
+        results = []
+        with chunk_bar(len(tasks), description, enabled=self.progress) as bar:
+            for task in tasks:
+                (result,) = dask.compute(task, scheduler="synchronous", optimize_graph=False)
+                results.append(result)
+                bar.update(1)
+        return results
+
+    def map_reduce(self, func: Callable[..., T], blocks: Sequence[Block], *args: Any, combine: Callable[..., T],
+                   description: str, split_every: int = SPLIT_EVERY) -> T:
+        """Map ``func`` over blocks as :meth:`map` does, then tree-reduce the results with ``combine``.
+
+        ``combine(*parts)`` runs on the workers for a distributed client, so
+        only the final result travels back.
+        """
+        if self.client is None:
+            return tree_reduce(self.map(func, blocks, *args, description=description), combine,
+                               split_every=split_every)
+
+        name = description.replace(" ", "-")
+        futures = self._futures(self._delayed_tasks(func, blocks, args, name, gpu=False), description)
+        root = tree_reduce(futures, combine, split_every=split_every,
+                           submit=lambda f, *group: self.client.submit(f, *group, pure=False))
+        return root.result()
