@@ -248,11 +248,12 @@ class ClusterConfig:
 class HeadRefineConfig:
     """V2 head refinement: soft EM seeded from the K-means centroids.
 
-    The defaults (one E-step with the grey guided blend, alpha 0.8, eps 1e-4)
-    were chosen in a sweep on two labelled aerial tiles with DINOv2-S/14 and
-    colour-texture features, scored by mIoU and boundary F-score at 2 px.
-    With the guided blend, each of five runs with M-steps (``iterations=5``)
-    scored below the same run with ``iterations=1`` in both scores.
+    The defaults (one E-step with equal priors, then the grey guided blend
+    with alpha 1, radius 8 cells, eps 1e-4) were chosen in a sweep on two
+    labelled aerial tiles with DINOv2-S/14 and colour-texture features,
+    scored by mIoU and boundary F-score at 2 px; docs/results/README.md has
+    the tables. Runs with M-steps (``iterations`` 2 to 5) scored below the
+    same run with ``iterations=1``, and learned priors below equal priors.
 
     Parameters
     ----------
@@ -263,8 +264,9 @@ class HeadRefineConfig:
         merge. ``"auto"`` sets tau so that a patch with the median margin
         (second-nearest minus nearest squared distance) gets responsibility
         0.95 for its nearest cluster: ``tau = median margin / ln(19)``.
-    alpha : float, default=0.8
-        Weight of the spatial blend, in [0, 1]; 0 disables it.
+    alpha : float, default=1.0
+        Weight of the spatial blend, in [0, 1]; 0 disables it and 1 keeps
+        only the blended responsibilities.
     iterations : int, default=1
         Most E-steps, each with the blend; an M-step (centroid and prior
         update) runs between consecutive E-steps, so 1 keeps the K-means
@@ -277,7 +279,7 @@ class HeadRefineConfig:
         ``"neighbour"`` mixes each patch with the mean of its 3 x 3 patch
         neighbours; ``"guided"`` filters the responsibility maps with a guided
         filter that uses the image as the guide.
-    priors : bool, default=True
+    priors : bool, default=False
         Use cluster mixing proportions in the E-step, starting from the
         K-means cluster sizes and re-estimated in each M-step; False gives
         equal priors (the plain textbook form).
@@ -299,11 +301,11 @@ class HeadRefineConfig:
     """
 
     tau: float | str = "auto"
-    alpha: float = 0.8
+    alpha: float = 1.0
     iterations: int = 1
     tol: float = 1e-4
     blend: Blend = "guided"
-    priors: bool = True
+    priors: bool = False
     guided_radius: int = 8
     guided_eps: float = 1e-4
     guide_stride: int | None = None

@@ -261,7 +261,7 @@ def test_refine_empty_cluster_deterministic(rng):
     valid = np.ones(truth.shape, dtype=bool)
     # The third centroid is opposite to every patch, so no patch ever picks it.
     centroids = np.array([np.eye(6)[0], np.eye(6)[1], -np.ones(6) / math.sqrt(6)], dtype=np.float32)
-    config = HeadRefineConfig(blend="neighbour", tau=0.01, iterations=3, tol=0.0)
+    config = HeadRefineConfig(blend="neighbour", tau=0.01, iterations=3, tol=0.0, priors=True)
 
     first = refine(features, valid, centroids, config, patch_size=16)
     second = refine(features, valid, centroids, config, patch_size=16)
@@ -280,7 +280,7 @@ def test_refine_falls_back_on_collapse(rng):
     centroids, km_labels = _kmeans(features, valid, 2)
     # With tau = 100 every patch's responsibilities equal the priors, so the
     # larger cluster wins everywhere.
-    config = HeadRefineConfig(blend="neighbour", tau=100.0, alpha=0.0)
+    config = HeadRefineConfig(blend="neighbour", tau=100.0, alpha=0.0, priors=True, iterations=5)
 
     with pytest.warns(RefinementFallbackWarning, match="only 1 of 2 clusters"):
         result = refine(features, valid, centroids, config, patch_size=16, kmeans_labels=km_labels)
@@ -395,7 +395,7 @@ def test_refine_one_iteration_keeps_centroids(rng):
     features = _features(rng, truth, noise=0.2)
     valid = np.ones(truth.shape, dtype=bool)
     centroids, km_labels = _kmeans(features, valid, 4)
-    config = HeadRefineConfig(blend="neighbour", iterations=1)
+    config = HeadRefineConfig(blend="neighbour", iterations=1, priors=True)
 
     result = refine(features, valid, centroids, config, patch_size=16, kmeans_labels=km_labels)
 

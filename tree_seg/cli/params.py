@@ -57,9 +57,9 @@ BatchSizeOption = Annotated[int | None, typer.Option(help="Windows per forward p
 
 TauOption = Annotated[str | None, typer.Option(help=f"{_V2}: softmax temperature on squared distances of unit vectors (range 0-4), > 0, or 'auto'. Smaller is harder. [default: auto]", show_default=False)]
 
-AlphaOption = Annotated[float | None, typer.Option(help=f"{_V2}: weight of the spatial blend in [0, 1]. [default: 0.5]", show_default=False)]
+AlphaOption = Annotated[float | None, typer.Option(help=f"{_V2}: weight of the spatial blend in [0, 1]. [default: 1.0]", show_default=False)]
 
-IterationsOption = Annotated[int | None, typer.Option(help=f"{_V2}: most EM iterations, >= 1. [default: 5]", show_default=False)]
+IterationsOption = Annotated[int | None, typer.Option(help=f"{_V2}: E-steps, each followed by the blend, with a centroid update between two; >= 1. [default: 1]", show_default=False)]
 
 BlendOption = Annotated[str | None, typer.Option(help=f"{_V2}: neighbour (3 x 3 patch mean) or guided (image-guided filter at near-pixel resolution). [default: guided]", show_default=False)]
 
