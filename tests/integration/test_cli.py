@@ -29,7 +29,7 @@ def _invoke(*args: str):
 def test_cli_readme_command_writes_georeferenced_labels(tmp_path):
     result = _invoke("segment", str(EXAMPLE), "-o", str(tmp_path))
     assert result.exit_code == 0, result.output
-    labels_path = tmp_path / "tcd_00000_image_kmeans_labels.tif"
+    labels_path = tmp_path / "tcd_00000_image_head-refine_labels.tif"
     with rasterio.open(EXAMPLE) as src, rasterio.open(labels_path) as out:
         assert out.crs == src.crs
         assert out.transform == src.transform
@@ -42,14 +42,16 @@ def test_cli_readme_command_writes_georeferenced_labels(tmp_path):
     # The JPEG fringe: dark pixels right next to the collar are nodata too.
     assert collar.mean() > 0.2
     assert (labels == 255).mean() > collar.mean()
-    metadata = json.loads((tmp_path / "tcd_00000_image_kmeans_metadata.json").read_text())
+    metadata = json.loads((tmp_path / "tcd_00000_image_head-refine_metadata.json").read_text())
     assert metadata["backbone"]["name"] == "texture"
     assert metadata["input"]["nodata_rule"]["kind"] == "collar"
+    assert metadata["method"] == "head-refine"
+    assert metadata["head_refine"]["fell_back"] is False
     assert "backbone: texture" in result.output
 
 
 def test_cli_rejects_v2_options_for_kmeans(tmp_path):
-    result = _invoke("segment", str(EXAMPLE), "-o", str(tmp_path), "--tau", "0.1")
+    result = _invoke("segment", str(EXAMPLE), "-o", str(tmp_path), "--model", "kmeans", "--tau", "0.1")
     assert result.exit_code == 2
     assert "--tau only apply to --model head-refine" in result.output
 
@@ -88,8 +90,8 @@ def test_cli_batch_reports_failed_input_and_goes_on(tmp_path):
                      "--k", "3", "--backbone", "texture")
     assert result.exit_code == 1
     assert "1 of 2 inputs segmented, 1 failed" in result.output
-    assert (tmp_path / "out" / "tcd_00000_image_kmeans_labels.tif").exists()
-    assert not (tmp_path / "out" / "missing_kmeans_labels.tif").exists()
+    assert (tmp_path / "out" / "tcd_00000_image_head-refine_labels.tif").exists()
+    assert not (tmp_path / "out" / "missing_head-refine_labels.tif").exists()
 
 
 def test_cli_help_documents_units_and_defaults():
@@ -114,6 +116,6 @@ def test_cli_metrics_prints_stage_table(tmp_path):
     assert result.exit_code == 0, result.output
     assert "time per stage" in result.output
     assert "s per window" in result.output
-    metadata = json.loads((tmp_path / "out" / "small_kmeans_metadata.json").read_text())
+    metadata = json.loads((tmp_path / "out" / "small_head-refine_metadata.json").read_text())
     assert metadata["profile"]["window_batches"]
     assert np.isfinite(metadata["profile"]["seconds_per_window"])

@@ -15,7 +15,7 @@ from tree_seg.config import BackboneConfig, ClusterConfig, WindowConfig
 from tree_seg.exceptions import ElbowRangeWarning
 
 TEXTURE = SegmentationConfig(
-    backbone=BackboneConfig(name="texture"), cluster=ClusterConfig(k=3), window=WindowConfig(scale=1.0)
+    method="kmeans", backbone=BackboneConfig(name="texture"), cluster=ClusterConfig(k=3), window=WindowConfig(scale=1.0)
 )
 
 

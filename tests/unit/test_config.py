@@ -54,7 +54,8 @@ def test_profiles_define_three_presets():
     quick = SegmentationConfig.from_profile("quick")
     quality = SegmentationConfig.from_profile("quality")
     assert quick.window.target_resolution == 0.3
-    assert quality.labels.refine == "slic"
+    assert quality.labels.refine == "none"
+    assert quality.head_refine.guided_radius == 12
     assert load_profile("balanced")["cluster"]["k_max"] == 12
 
 
@@ -67,4 +68,4 @@ def test_config_to_dict_is_json_ready():
     import json
 
     text = json.dumps(SegmentationConfig().to_dict())
-    assert '"method": "kmeans"' in text
+    assert '"method": "head-refine"' in text
