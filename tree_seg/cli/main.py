@@ -30,7 +30,11 @@ RASTER_SUFFIXES = {".tif", ".tiff", ".vrt", ".png", ".jpg", ".jpeg", ".jp2", ".i
 
 
 def _setup_logging(verbose: int, quiet: bool) -> None:
-    level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
+    level = logging.INFO
+    if quiet:
+        level = logging.WARNING
+    elif verbose >= 1:
+        level = logging.DEBUG
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     logging.captureWarnings(True)
     for noisy in ("distributed", "matplotlib", "PIL", "rasterio", "urllib3", "httpx"):
@@ -51,7 +55,7 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
         if path.is_dir():
             found = sorted(p for p in path.iterdir() if p.suffix.lower() in RASTER_SUFFIXES)
             if not found:
-                raise typer.BadParameter(f"folder {item} holds no raster ({', '.join(sorted(RASTER_SUFFIXES))})")
+                raise typer.BadParameter(f"folder {item} contains no raster file ({', '.join(sorted(RASTER_SUFFIXES))})")
             paths.extend(found)
         elif any(char in item for char in "*?["):
             found = sorted(Path(p) for p in glob.glob(item))

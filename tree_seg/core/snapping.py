@@ -85,9 +85,10 @@ def slic_snap(
     if n_valid == 0:
         return labels.copy()
 
-    # SLIC's mask mode is about ten times slower than the plain mode on a
-    # 2048 x 2048 tile with a large collar, so SLIC runs unmasked on the
-    # bounding box of the valid pixels and nodata pixels only lose their vote.
+    # SLIC's mask mode took about ten times longer than the plain mode on a
+    # 2048 x 2048 tile with a large collar (scikit-image 0.26). So SLIC runs
+    # unmasked on the bounding box of the valid pixels, and nodata pixels only
+    # lose their vote.
     rows = np.flatnonzero(valid.any(axis=1))
     cols = np.flatnonzero(valid.any(axis=0))
     box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
