@@ -1,8 +1,8 @@
 """The Dask engine end to end: chunk independence, the in-memory pipeline, resume, outputs.
 
-Every default test runs Dask's synchronous scheduler on small synthetic
-georeferenced rasters with the texture backbone; the process clusters are in
-``test_engine_cluster.py`` under the slow marker.
+Every test here runs Dask's synchronous scheduler on small synthetic
+georeferenced rasters with the texture backbone. The tests on process
+clusters are in ``test_engine_cluster.py``, marked slow.
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ def engine_config(method="kmeans", chunk_size=256, **sections):
     settings = {
         "method": method,
         "backbone": {"name": "texture"},
-        "window": {"window": 128, "overlap": 32},
+        "window": {"window": 128, "overlap": 32, "scale": 1.0},
         "cluster": {"k": 4},
         "engine": {"chunk_size": chunk_size, "scheduler": "synchronous"},
     }
@@ -104,22 +104,37 @@ def test_engine_chunk_sizes_identical(pattern, tmp_path, method):
     assert (labels[1024] != 255).sum() > 0.5 * labels[1024].size
 
 
-@pytest.mark.parametrize(("method", "upsampling"), [("kmeans", "nearest"), ("head-refine", "bilinear")])
-def test_engine_matches_in_memory(pattern, tmp_path, method, upsampling):
-    config = engine_config(method, 128, labels={"upsampling": upsampling})
+@pytest.fixture(scope="module")
+def head_refine_runs(pattern, tmp_path_factory):
+    """Run V2 (guided blend, bilinear upsampling) with the engine in 128-pixel chunks and in memory."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    config = engine_config("head-refine", 128, labels={"upsampling": "bilinear"})
+    result = run_engine(pattern, tmp_path_factory.mktemp("v2"), config, feature_dtype="float32")
+    expected = run_segmentation(str(pattern), config)
+    torch.set_num_threads(threads)
+    return result, expected
+
+
+def test_engine_kmeans_matches_in_memory(pattern, tmp_path):
+    config = engine_config("kmeans", 128)
     result = run_engine(pattern, tmp_path, config, feature_dtype="float32")
     expected = segment(str(pattern), config).labels.values
 
     differing = int((read_labels(result.labels_path) != expected).sum())
-    print(f"{method} + {upsampling}: {differing} of {expected.size} pixels differ from segment()")
+    print(f"kmeans: {differing} of {expected.size} pixels differ from segment()")
     assert differing == 0
 
 
-def test_engine_head_refine_centroids_match_refine(pattern, tmp_path):
-    config = engine_config("head-refine", 128)
-    result = run_engine(pattern, tmp_path, config, feature_dtype="float32")
-    expected = run_segmentation(str(pattern), config)
+def test_engine_head_refine_matches_in_memory(head_refine_runs):
+    result, expected = head_refine_runs
+    differing = int((read_labels(result.labels_path) != expected.labels).sum())
+    print(f"head-refine + bilinear: {differing} of {expected.labels.size} pixels differ from the in-memory run")
+    assert differing == 0
 
+
+def test_engine_head_refine_centroids_match_refine(head_refine_runs):
+    result, expected = head_refine_runs
     np.testing.assert_allclose(result.kmeans_centroids, expected.model.centroids, atol=1e-6)
     np.testing.assert_allclose(result.centroids, expected.refinement.centroids, atol=1e-5)
     record = result.metadata["head_refine"]

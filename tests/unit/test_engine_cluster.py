@@ -84,6 +84,14 @@ def test_open_client_synchronous_yields_none():
         assert client is None
 
 
+def test_open_client_connects_to_address(gpu_client):
+    address = gpu_client.scheduler.address
+    with open_client(EngineConfig(scheduler=address)) as client:
+        assert client.scheduler.address == address
+        assert len(client.scheduler_info(n_workers=-1)["workers"]) == 1
+    assert gpu_client.status == "running"
+
+
 def test_executor_synchronous_map_in_order():
     executor = Executor(None, progress=False)
     blocks = list(iter_blocks((2, 5), 1))

@@ -42,7 +42,7 @@ def raster(tmp_path, rng):
 def _settings(raster, **window):
     config = SegmentationConfig().with_updates({"window": {"window": 32, "overlap": 16, **window}})
     source = open_raster(raster, config.read, chunks=None)
-    return feature_settings(source, config, TEXTURE_INFO, feature_dtype="float16")
+    return feature_settings(source, config, TEXTURE_INFO, scale=1.0, feature_dtype="float16")
 
 
 def _create(path, settings, chunk_side=2):

@@ -5,11 +5,12 @@ client: a ``LocalCluster`` started here (the default), Dask's synchronous
 scheduler in this process (``scheduler="synchronous"``), or a running
 scheduler at an address (any other value). :class:`Executor` runs one pass:
 a map of a per-chunk function over chunks, optionally followed by a tree
-reduction whose grouping depends only on the chunk order, so a result does
-not depend on the number of workers or on which task finishes first.
+reduction. The grouping of that reduction depends only on the chunk order,
+so a result does not depend on the number of workers or on which task
+finishes first.
 
 GPU workers. Feature tasks carry the Dask resource annotation ``GPU: 1`` when
-at least one worker of the cluster advertises a ``GPU`` resource; such tasks
+at least one worker of the cluster advertises a ``GPU`` resource. Such tasks
 then run only on those workers, one at a time per GPU. Workers advertise it
 when started with ``dask worker ADDRESS --resources GPU=1`` or
 ``dask cuda worker ADDRESS --resources GPU=1`` (dask-cuda, one worker per GPU).
@@ -79,7 +80,7 @@ def local_cluster_size(workers: int | None, *, use_gpu: bool) -> LocalClusterSiz
     process holding the model once, with one thread per core and the ``GPU``
     resource, so feature tasks take the GPU one at a time while the other
     threads run CPU passes. An explicit ``workers`` with a GPU gives every
-    process the resource, and each loads the model on the same device; for
+    process the resource, and each loads the model on the same device. For
     several GPUs use dask-cuda (see ``distributed/README.md``).
 
     Parameters
@@ -111,10 +112,10 @@ def open_client(
     ----------
     engine : EngineConfig
         ``scheduler`` None starts a ``LocalCluster`` of processes on this
-        machine (sized by :func:`local_cluster_size`, listening on loopback
-        only); ``"synchronous"`` yields None, and the engine then runs every
-        task in this process with Dask's synchronous scheduler; any other
-        value is the address of a running scheduler, e.g.
+        machine, sized by :func:`local_cluster_size` and listening on
+        loopback only. ``"synchronous"`` yields None, and the engine then
+        runs every task in this process with Dask's synchronous scheduler.
+        Any other value is the address of a running scheduler, e.g.
         ``"tcp://10.0.0.5:8786"``, which is left running on exit.
     use_gpu : bool, default=False
         Size a local cluster for a local CUDA device.
@@ -240,9 +241,16 @@ class Executor:
     def _delayed_tasks(self, func: Callable[..., Any], blocks: Sequence[Block], args: tuple[Any, ...],
                        name: str, gpu: bool) -> list[Any]:
         token = uuid.uuid4().hex[:8]
-        # Each shared argument becomes one graph node that every task refers
-        # to, so a raster handle or a store handle is sent once, not per task.
-        shared = [dask.delayed(arg, name=f"{name}-arg{i}-{token}", traverse=False) for i, arg in enumerate(args)]
+        if self.client is not None:
+            # Copied to every worker once, so each task finds its shared
+            # arguments locally and the scheduler spreads tasks by load, not
+            # towards the one worker that would hold a single copy.
+            # Each argument goes in a one-item list, because scatter splits a
+            # list, tuple or dict argument into one future per item.
+            shared = [self.client.scatter([arg], broadcast=True, hash=False)[0] for arg in args]
+        else:
+            shared = [dask.delayed(arg, name=f"{name}-arg{i}-{token}", traverse=False)
+                      for i, arg in enumerate(args)]
         with dask.annotate(**self._annotations(gpu)):
             return [
                 dask.delayed(func, pure=False, traverse=False)(

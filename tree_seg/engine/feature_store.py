@@ -89,7 +89,8 @@ def input_identity(path: Path) -> dict[str, Any]:
 
 
 def feature_settings(
-    source: RasterSource, config: SegmentationConfig, backbone_info: dict[str, Any], *, feature_dtype: str
+    source: RasterSource, config: SegmentationConfig, backbone_info: dict[str, Any], *, scale: float,
+    feature_dtype: str,
 ) -> dict[str, Any]:
     """Collect every setting that determines the content of a feature store.
 
@@ -99,12 +100,15 @@ def feature_settings(
         The opened input file; its band selection, scaling and nodata rule
         are recorded as resolved.
     config : SegmentationConfig
-        ``read`` and ``window`` are recorded.
+        ``read``, and ``window`` with the scale as resolved, are recorded.
     backbone_info : dict
-        :meth:`~tree_seg.models.base.Backbone.info` of the loaded backbone;
-        the weights path and device are left out, so moved weights or another
-        device do not invalidate a store, while the checksum and the
-        inference dtype do.
+        :meth:`~tree_seg.models.base.Backbone.info` of the loaded backbone.
+        The weights path and the device are left out, so moved weights or
+        another device keep a store valid. The weights checksum and the
+        inference dtype are recorded.
+    scale : float
+        The resampling factor that ``config.window.scale`` resolved to; a
+        store made with ``"auto"`` matches a later run with that number.
     feature_dtype : {"float16", "float32"}
         dtype of the stored features.
 
@@ -128,7 +132,7 @@ def feature_settings(
             "nodata_rule": _jsonable(asdict(source.nodata_rule)),
         },
         "backbone": {key: _jsonable(backbone_info.get(key)) for key in backbone_keys},
-        "window": _jsonable(asdict(config.window)),
+        "window": {"window": config.window.window, "overlap": config.window.overlap, "scale": float(scale)},
         "feature_dtype": feature_dtype,
     }
     return json.loads(json.dumps(settings))
@@ -264,7 +268,7 @@ class FeatureStore:
         Raises
         ------
         FeatureStoreMismatchError
-            If ``path`` holds a store written with other settings, or
+            If ``path`` contains a store written with other settings, or
             something that is not a feature store.
         """
         path = Path(path)
@@ -398,7 +402,7 @@ def _open_existing(path: Path) -> zarr.Group:
 
 def _mismatch_message(path: Path, stored: dict[str, Any], current: dict[str, Any]) -> str:
     differences = settings_differences(stored, current)
-    shown = "; ".join(f"{name}: stored {old!r}, now {new!r}" for name, old, new in differences[:4])
+    listed = "; ".join(f"{name}: stored {old!r}, now {new!r}" for name, old, new in differences[:4])
     more = f" and {len(differences) - 4} more" if len(differences) > 4 else ""
-    return (f"feature store {path} was written with other settings ({shown}{more}): "
+    return (f"feature store {path} was written with other settings ({listed}{more}): "
             f"delete {path}{os.sep} or pass another --feature-store path")

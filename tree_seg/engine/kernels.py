@@ -278,7 +278,7 @@ def v2_cells(
     Parameters
     ----------
     features : ndarray of shape (patch_y + 2 * depth, patch_x + 2 * depth, feature)
-        L2-normalised features of the block and its halo; halo patches past
+        L2-normalised features of the block and its halo. Halo patches past
         the raster edge are zeros.
     valid : ndarray of shape (patch_y + 2 * depth, patch_x + 2 * depth), bool
         Valid patches; False on halo patches past the raster edge.

@@ -10,8 +10,8 @@ The engine splits work two ways:
   so the label store and the label GeoTIFF get chunk-aligned writes.
 
 A halo (Dask's ``depth``) is a margin read around a chunk. Near the raster
-edge it reaches past the grid; :func:`halo_slices` says how much of it lies
-outside, so callers can pad that part as invalid rather than shrink it.
+edge it reaches past the grid. :func:`halo_slices` returns how much of it
+lies outside, so callers can pad that part as invalid rather than shrink it.
 """
 
 from __future__ import annotations
@@ -42,8 +42,8 @@ class Block:
     index : tuple of int
         (row, col) position of the chunk in the chunk grid.
     rows, cols : slice
-        Global extent of the chunk, ``start:stop`` in grid units (patches
-        or pixels, as the layout that made it says).
+        Global extent of the chunk, ``start:stop`` in grid units: patches
+        for feature chunks, pixels for label chunks.
     """
 
     index: tuple[int, int]
@@ -85,8 +85,8 @@ def patch_chunk_side(chunk_size: int, *, scale: float, patch_size: int, window: 
 
     With the defaults (``chunk_size`` 2048, window 448, overlap 112, patch
     16, scale 1) the stride is 21 patches and a chunk is 126 patches, 2016
-    pixels. A chunk therefore never holds more resampled pixels than
-    ``chunk_size * scale`` per side unless one stride is already larger.
+    pixels. A chunk side therefore spans at most ``chunk_size * scale``
+    resampled pixels, unless one stride is already longer.
 
     Parameters
     ----------

@@ -12,7 +12,6 @@ reproduces the in-memory pipeline.
 from __future__ import annotations
 
 import logging
-import math
 import time
 import warnings
 from dataclasses import dataclass
@@ -26,8 +25,8 @@ from tree_seg.clustering.blend import cells_per_patch
 from tree_seg.clustering.elbow import select_k
 from tree_seg.clustering.head_refine import (
     EMStats,
-    _log_priors_from_mass,
     aggregate,
+    log_priors_from_mass,
     nearest_margins,
     tau_from_margins,
 )
@@ -76,8 +75,8 @@ def feature_pass(executor: Executor, context: tasks.FeatureTaskContext, *, block
     """
     pending = context.store.pending_blocks()
     if blocks is not None:
-        wanted = {block.index for block in blocks}
-        pending = [block for block in pending if block.index in wanted]
+        requested = {block.index for block in blocks}
+        pending = [block for block in pending if block.index in requested]
     total = len(context.store.blocks())
     logger.info("Feature pass: %d of %d chunks to compute (%d already in %s)", len(pending), total,
                 total - len(context.store.pending_blocks()), context.store.path)
@@ -258,7 +257,7 @@ def head_refine_pass(
 
     counts = executor.map_reduce(tasks.count_chunk, blocks, context.store, kmeans_centroids,
                                  combine=_sum_counts, description="priors")
-    log_priors = _log_priors_from_mass(counts) if config.priors else np.full(k, -math.log(k), dtype=np.float32)
+    log_priors = log_priors_from_mass(counts, priors=config.priors)
     factor = cells_per_patch(config, context.patch_size)
     outcome = HeadRefineOutcome(centroids=centroids, log_priors=log_priors, priors=np.exp(log_priors), tau=tau,
                                 iterations_run=0, converged=False, fell_back=False, fallback_reason=None,

@@ -34,11 +34,12 @@ from tree_seg.engine import passes, tasks
 from tree_seg.engine.cluster import Executor, open_client
 from tree_seg.engine.feature_store import FeatureStore, feature_settings, patch_transform
 from tree_seg.engine.label_store import LabelStore
-from tree_seg.engine.layout import Block, patch_chunk_side, slic_depth
+from tree_seg.engine.layout import patch_chunk_side, slic_depth
 from tree_seg.engine.progress import progress_enabled
 from tree_seg.engine.worker import backbone_info
 from tree_seg.exceptions import ConfigurationError, InvalidInputError, TreeSegError
 from tree_seg.features.resample import resampled_shape
+from tree_seg.features.scale import resolve_scale
 from tree_seg.io.outputs import OutputManager, sanitize_name
 from tree_seg.io.reader import SAMPLE_MAX_SIDE, RasterSource, open_raster
 from tree_seg.io.writer import write_json_atomic
@@ -138,17 +139,21 @@ def _executor(client: Any, config: SegmentationConfig, progress: bool | None) ->
     if client is not None:
         yield Executor(client, progress=enabled)
         return
-    use_gpu = config.backbone.device != "cpu" and resolve_device(config.backbone.device).type == "cuda"
+    # Only a local cluster is sized for a local GPU. A remote cluster's
+    # workers may have GPUs that this machine lacks.
+    use_gpu = (config.engine.scheduler is None and config.backbone.device != "cpu"
+               and resolve_device(config.backbone.device).type == "cuda")
     with open_client(config.engine, use_gpu=use_gpu) as opened:
         yield Executor(opened, progress=enabled)
 
 
 def _geometry(source: RasterSource, config: SegmentationConfig, patch_size: int) -> tasks.RasterGeometry:
     input_shape = (source.height, source.width)
+    scale = resolve_scale(config.window, crs=source.crs, transform=source.transform)
     geometry = tasks.RasterGeometry(
         input_shape=input_shape,
-        resampled_shape=resampled_shape(input_shape, config.window.scale),
-        scale=config.window.scale,
+        resampled_shape=resampled_shape(input_shape, scale),
+        scale=scale,
         patch_size=patch_size,
         window=config.window.window,
         overlap=config.window.overlap,
@@ -170,12 +175,12 @@ def _open_feature_store(executor: Executor, source: RasterSource, config: Segmen
                         feature_dtype: FeatureDtype) -> tuple[FeatureStore, tasks.FeatureTaskContext, dict[str, Any]]:
     info = executor.run(backbone_info, config.backbone, gpu=True)
     geometry = _geometry(source, config, int(info["patch_size"]))
-    side = patch_chunk_side(config.engine.chunk_size, scale=config.window.scale, patch_size=geometry.patch_size,
+    side = patch_chunk_side(config.engine.chunk_size, scale=geometry.scale, patch_size=geometry.patch_size,
                             window=config.window.window, overlap=config.window.overlap)
     store_path.parent.mkdir(parents=True, exist_ok=True)
     store = FeatureStore.open_or_create(
         store_path,
-        feature_settings(source, config, info, feature_dtype=feature_dtype),
+        feature_settings(source, config, info, scale=geometry.scale, feature_dtype=feature_dtype),
         patch_shape=geometry.patch_shape,
         feature_dim=int(info["feature_dim"]),
         chunk_side=side,
@@ -225,7 +230,7 @@ def build_feature_store(
     Raises
     ------
     FeatureStoreMismatchError
-        If ``store_path`` holds a store written with other settings.
+        If ``store_path`` contains a store written with other settings.
     """
     config = config or SegmentationConfig()
     source = open_raster(source_path, config.read, chunks=None)
@@ -233,8 +238,8 @@ def build_feature_store(
         store, context, _ = _open_feature_store(executor, source, config, Path(store_path), feature_dtype)
         selected = None
         if chunks is not None:
-            wanted = {tuple(index) for index in chunks}
-            selected = [block for block in store.blocks() if block.index in wanted]
+            requested = {tuple(index) for index in chunks}
+            selected = [block for block in store.blocks() if block.index in requested]
         passes.feature_pass(executor, context, blocks=selected)
     return store
 
@@ -258,9 +263,10 @@ def segment_raster(
     outdir : str or Path
         Output folder, created when missing.
     config : SegmentationConfig, optional
-        All settings; ``engine`` sets chunk size, workers, scheduler and the
-        feature store (``None``: ``OUTDIR/<stem>_features.zarr``; a path ending
-        in ``.zarr``: that store; another path: a folder of stores).
+        All settings. ``engine`` sets the chunk size, workers, scheduler and
+        feature store. The feature store ``None`` is
+        ``OUTDIR/<stem>_features.zarr``, a path ending in ``.zarr`` is the
+        store itself, and another path is a folder of stores.
     client : distributed.Client, optional
         A running client to reuse; by default one is opened from
         ``config.engine`` and closed at the end.
@@ -335,8 +341,11 @@ def segment_many(
             try:
                 result = _segment(executor, path, outdir, config, feature_dtype=feature_dtype, pictures=pictures,
                                   store_path=_store_path(store_setting, outdir, path.stem))
-            except (TreeSegError, OSError) as error:
-                logger.error("Failed to segment %s: %s", path, error)
+            except Exception as error:
+                # One bad input must not end the batch: besides tree_seg's own
+                # errors this catches a lost worker (KilledWorker) or a full disk.
+                logger.error("Failed to segment %s: %s", path, error,
+                             exc_info=not isinstance(error, (TreeSegError, OSError)))
                 items.append(BatchItem(path=path, status="failed", error=str(error)))
                 continue
             items.append(BatchItem(path=path, status="ok", result=result))
@@ -397,7 +406,7 @@ def _segment(executor: Executor, source_path: Path, outdir: Path, config: Segmen
                 label_model = tasks.LabelModel(mode="fallback", kmeans_centroids=model.centroids)
                 passes.label_pass(executor, label_context, label_model)
 
-    record = _metadata(source, config, info, store, model, outcome, timer.seconds, computed=computed,
+    record = _metadata(source, config, info, store, geometry, model, outcome, timer.seconds, computed=computed,
                        feature_dtype=feature_dtype, label_store=label_store.path)
     written: dict[str, Path] = {"feature_store": store.path, "label_store": label_store.path}
     with timer.stage("write"):
@@ -427,15 +436,16 @@ def _degenerate_reason(summary: tasks.LabelSummary, k: int, tau: float) -> str |
 
 
 def _metadata(source: RasterSource, config: SegmentationConfig, info: dict[str, Any], store: FeatureStore,
-              model: ClusterModel, outcome: passes.HeadRefineOutcome | None, timings: dict[str, float], *,
-              computed: int, feature_dtype: str, label_store: Path) -> dict[str, Any]:
+              geometry: tasks.RasterGeometry, model: ClusterModel, outcome: passes.HeadRefineOutcome | None,
+              timings: dict[str, float], *, computed: int, feature_dtype: str, label_store: Path) -> dict[str, Any]:
     """Build the run record with the keys of :func:`tree_seg.core.segmentation.run_metadata`, plus ``engine``."""
     record: dict[str, Any] = {
         "method": config.method,
         "input": source.to_dict(),
         "configuration": config.to_dict(),
         "backbone": info,
-        "patch_grid": {"shape": list(store.patch_shape), "n_valid": store.n_valid_total()},
+        "patch_grid": {"shape": list(store.patch_shape), "n_valid": store.n_valid_total(),
+                       "patch_size_px": geometry.patch_size, "scale": geometry.scale},
         "k": model.k,
         "k_source": "fixed" if model.elbow is None else "elbow",
         "elbow": model.elbow,

@@ -1,9 +1,9 @@
 """Per-chunk tasks of the engine: read a chunk, call a kernel, write or return the result.
 
 Every task is a module-level function ``task(*shared, block)`` that Dask
-ships to workers by reference; the shared arguments are small frozen
-dataclasses holding store handles, settings and the raster handle, which
-reopen files inside the worker. The numerics live in
+ships to workers by reference. The shared arguments are small frozen
+dataclasses of store handles, settings and the raster handle, and these
+handles reopen their files inside the worker. The numerics live in
 :mod:`tree_seg.engine.kernels`; the graph building in :mod:`tree_seg.engine.passes`.
 """
 
@@ -94,8 +94,8 @@ class RasterGeometry:
 def read_resampled(source: RasterSource, geometry: RasterGeometry, rows: slice, cols: slice) -> tuple[np.ndarray, np.ndarray]:
     """Read a region of the resampled image and its valid mask.
 
-    With a resampled size equal to the input size the region is read as is;
-    otherwise the input pixels that :func:`~tree_seg.features.resample.input_span`
+    With a resampled size equal to the input size the region is read as is.
+    Otherwise the input pixels that :func:`~tree_seg.features.resample.input_span`
     names are read and resampled with global offsets, which gives the crop
     of the whole resampled raster.
 
@@ -271,7 +271,7 @@ def em_step_chunk(context: EMTaskContext, centroids: np.ndarray, log_priors: np.
 
 @dataclass(frozen=True)
 class LabelModel:
-    """What the label pass assigns with.
+    """Mode and centroids of the label pass.
 
     Attributes
     ----------
@@ -297,7 +297,7 @@ class LabelModel:
 
 @dataclass(frozen=True)
 class LabelSummary:
-    """What a label task reports besides the labels it writes.
+    """Report of one label task, besides the labels it writes.
 
     Attributes
     ----------
