@@ -133,6 +133,10 @@ def _config_from_options(
                 "alpha": o.get("alpha"), "iterations": o.get("iterations"), "blend": o.get("blend"),
             },
             "labels": {"upsampling": o.get("upsampling"), "refine": o.get("refine"), "slic_size": o.get("slic_size")},
+            "engine": {
+                "chunk_size": o.get("chunk_size"), "workers": o.get("workers"),
+                "scheduler": o.get("scheduler"), "feature_store": o.get("feature_store"),
+            },
         },
     )
     if o.get("slic_size") is not None and config.labels.refine != "slic":
@@ -170,6 +174,12 @@ def segment(
     alpha: p.AlphaOption = None,
     iterations: p.IterationsOption = None,
     blend: p.BlendOption = None,
+    engine: p.EngineOption = "auto",
+    workers: p.WorkersOption = None,
+    chunk_size: p.ChunkSizeOption = None,
+    scheduler: p.SchedulerOption = None,
+    feature_store: p.FeatureStoreOption = None,
+    progress: p.ProgressOption = True,
     metrics: p.MetricsOption = False,
     pictures: p.PicturesOption = True,
     verbose: p.VerboseOption = 0,
@@ -187,9 +197,73 @@ def segment(
     _check_v2_options(config.method, {"tau": tau, "alpha": alpha, "iterations": iterations, "blend": blend})
 
     paths = expand_inputs(inputs)
-    failures = run_batch(paths, outdir, config, show_metrics=metrics, pictures=pictures)
+    dask_options = {"workers": workers, "chunk_size": chunk_size, "scheduler": scheduler, "feature_store": feature_store}
+    if _use_dask(engine, paths, config, dask_options):
+        failures = run_batch_dask(paths, outdir, config, show_metrics=metrics, pictures=pictures,
+                                  progress=progress and not quiet)
+    else:
+        failures = run_batch(paths, outdir, config, show_metrics=metrics, pictures=pictures)
     if failures:
         raise typer.Exit(code=1)
+
+
+def _raster_shape(path: Path) -> tuple[int, int] | None:
+    import rasterio
+
+    try:
+        with rasterio.open(path) as src:
+            return src.height, src.width
+    except (rasterio.errors.RasterioIOError, OSError):
+        return None
+
+
+def _use_dask(engine: str, paths: list[Path], config: SegmentationConfig, dask_options: dict[str, Any]) -> bool:
+    """Decide between the Dask engine and the in-memory pipeline (see ``--engine``)."""
+    if engine not in ("auto", "dask", "memory"):
+        raise typer.BadParameter(f"invalid --engine {engine!r}: use auto, dask or memory")
+    given = [f"--{name.replace('_', '-')}" for name, value in dask_options.items() if value is not None]
+    if engine == "memory":
+        if given:
+            raise typer.BadParameter(f"{', '.join(given)} only apply to the Dask engine; drop them or use --engine dask")
+        return False
+    if engine == "dask" or given:
+        return True
+    shapes = [_raster_shape(path) for path in paths]
+    return any(shape is not None and max(shape) > config.engine.chunk_size for shape in shapes)
+
+
+def run_batch_dask(
+    paths: list[Path], outdir: Path, config: SegmentationConfig, *, show_metrics: bool, pictures: bool, progress: bool
+) -> int:
+    """Segment each path with the Dask engine on one cluster; return the number of failures."""
+    from tree_seg.engine import segment_many
+
+    # Importing distributed installs its own INFO-level handler, so quieten it
+    # after the import rather than in _setup_logging.
+    import distributed  # noqa: F401
+
+    if not logger.isEnabledFor(logging.DEBUG):
+        logging.getLogger("distributed").setLevel(logging.WARNING)
+    items = segment_many(paths, outdir, config, pictures=pictures, progress=progress)
+    for item in items:
+        if item.status == "ok" and show_metrics:
+            _print_stage_table(item.path.name, _engine_profile(item.result))
+    typer.echo("\nengine: dask")
+    for item in items:
+        detail = f"K={item.result.k} -> {item.result.labels_path}" if item.status == "ok" else item.error
+        typer.echo(f"{item.status:<7} {item.path}: {detail}")
+    failed = sum(1 for item in items if item.status != "ok")
+    if len(items) > 1 or failed:
+        typer.echo(f"{len(items) - failed} of {len(items)} inputs segmented, {failed} failed")
+    return failed
+
+
+def _engine_profile(result: Any) -> dict[str, Any]:
+    profile = dict(result.metadata.get("profile") or {})
+    profile.setdefault("stage_seconds", dict(result.timings))
+    profile.setdefault("total_seconds", sum(result.timings.values()))
+    profile.setdefault("peak_rss_mb", float("nan"))
+    return profile
 
 
 def run_batch(

@@ -70,3 +70,15 @@ PicturesOption = Annotated[bool, typer.Option("--pictures/--no-pictures", help="
 VerboseOption = Annotated[int, typer.Option("--verbose", "-v", count=True, help="Debug log output (per chunk and per window).")]
 
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors.")]
+
+EngineOption = Annotated[str, typer.Option("--engine", help="Execution: dask (chunked, on a Dask cluster, with a resumable feature store), memory (the whole raster in this process), or auto: dask when any input is larger than one chunk or a Dask option (--workers, --chunk-size, --scheduler, --feature-store) is given, else memory.")]
+
+WorkersOption = Annotated[int | None, typer.Option(help="Worker processes of the local Dask cluster. [default: sized to the machine]", show_default=False)]
+
+ChunkSizeOption = Annotated[int | None, typer.Option(help="Chunk side in input pixels for the Dask engine. [default: 2048]", show_default=False)]
+
+SchedulerOption = Annotated[str | None, typer.Option(help="Address of a running Dask scheduler (tcp://HOST:8786), or 'synchronous' to run the Dask engine in this process for debugging. [default: start a local cluster]", show_default=False)]
+
+FeatureStoreOption = Annotated[Path | None, typer.Option(help="Zarr feature store: a .zarr path, or a folder for <stem>_features.zarr; a rerun with the same settings reuses it. [default: OUTDIR/<stem>_features.zarr]", show_default=False)]
+
+ProgressOption = Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bars of the Dask engine passes.")]

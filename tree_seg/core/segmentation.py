@@ -111,6 +111,9 @@ class ClusterModel:
         K came from the elbow rule.
     n_samples : int
         Patch vectors used for the fit.
+    sample : ndarray of shape (patch_y, patch_x), bool, optional
+        The patches of the fit; ``tau="auto"`` is calibrated on them, as the
+        Dask engine does.
     """
 
     k: int
@@ -118,6 +121,7 @@ class ClusterModel:
     inertia: float
     elbow: dict[str, Any] | None
     n_samples: int
+    sample: np.ndarray | None = None
 
 
 def extract_features(
@@ -239,7 +243,8 @@ def fit_clusters(grid: FeatureGrid, config: SegmentationConfig, *, profile: RunP
 
     logger.info("K-means: K=%d on %d of %d valid patches", k, sample.shape[0], n_valid)
     return ClusterModel(
-        k=k, centroids=fit.centroids, inertia=float(fit.inertia), elbow=elbow, n_samples=int(sample.shape[0])
+        k=k, centroids=fit.centroids, inertia=float(fit.inertia), elbow=elbow, n_samples=int(sample.shape[0]),
+        sample=chosen,
     )
 
 
@@ -278,6 +283,7 @@ def _refine_head(
         guide=guide,
         guide_valid=guide_valid,
         kmeans_labels=patch_labels,
+        tau_sample=model.sample,
     )
 
 

@@ -29,6 +29,7 @@ import numpy as np
 from tree_seg.config import SegmentationConfig
 from tree_seg.core.export import method_label
 from tree_seg.core.segmentation import ClusterModel
+from tree_seg.core.profiling import peak_rss_mb, peak_vram_mb
 from tree_seg.core.versions import package_versions
 from tree_seg.engine import passes, tasks
 from tree_seg.engine.cluster import Executor, open_client
@@ -451,7 +452,9 @@ def _metadata(source: RasterSource, config: SegmentationConfig, info: dict[str, 
         "elbow": model.elbow,
         "kmeans": {"inertia": model.inertia, "n_samples": model.n_samples},
         "head_refine": None,
-        "profile": {"stage_seconds": dict(timings), "total_seconds": sum(timings.values())},
+        # Peak RSS and VRAM of the driver process; workers keep their own.
+        "profile": {"stage_seconds": dict(timings), "total_seconds": sum(timings.values()),
+                    "peak_rss_mb": peak_rss_mb(), "peak_vram_mb": peak_vram_mb()},
         "versions": package_versions(),
         "engine": {
             "feature_store": str(store.path),
