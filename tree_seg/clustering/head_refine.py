@@ -393,11 +393,6 @@ def log_priors_from_mass(mass: np.ndarray, *, priors: bool = True) -> np.ndarray
     return np.log(proportions / proportions.sum()).astype(np.float32)
 
 
-# TODO: remove once tree_seg.engine.passes imports log_priors_from_mass, the
-# public name of this function.
-_log_priors_from_mass = log_priors_from_mass
-
-
 def aggregate(stats: EMStats, previous_centroids: ArrayLike, *, priors: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Turn summed statistics into new centroids and log priors (the M-step).
 

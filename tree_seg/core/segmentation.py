@@ -25,9 +25,9 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from tree_seg.clustering.elbow import select_k
 from tree_seg.clustering.head_refine import HeadRefineResult, refine
-from tree_seg.clustering.kmeans import assign, fit_kmeans, l2_normalize
+from tree_seg.clustering.kmeans import assign, l2_normalize
+from tree_seg.clustering.model import ClusterModel, fit_cluster_model
 from tree_seg.clustering.sampling import sample_fraction, sample_patches
 from tree_seg.config import SegmentationConfig
 from tree_seg.core.export import method_label, write_run_outputs
@@ -92,36 +92,6 @@ class FeatureGrid:
     pixel_valid: np.ndarray
     backbone: dict[str, Any]
     scale: float
-
-
-@dataclass
-class ClusterModel:
-    """Fitted V1.5 model: chosen K, centroids and the elbow curve.
-
-    Attributes
-    ----------
-    k : int
-        Number of clusters.
-    centroids : ndarray of shape (cluster, feature), float32
-        Unit-length K-means centroids.
-    inertia : float
-        K-means inertia on the fitted sample (sum of squared distances).
-    elbow : dict or None
-        ``{"ks", "inertias", "drops", "threshold", "hit_top_of_range"}`` when
-        K came from the elbow rule.
-    n_samples : int
-        Patch vectors used for the fit.
-    sample : ndarray of shape (patch_y, patch_x), bool, optional
-        The patches of the fit; ``tau="auto"`` is calibrated on them, as the
-        Dask engine does.
-    """
-
-    k: int
-    centroids: np.ndarray
-    inertia: float
-    elbow: dict[str, Any] | None
-    n_samples: int
-    sample: np.ndarray | None = None
 
 
 def extract_features(
@@ -205,47 +175,13 @@ def fit_clusters(grid: FeatureGrid, config: SegmentationConfig, *, profile: RunP
     profile = profile or RunProfile()
     cluster = config.cluster
     n_valid = int(grid.valid.sum())
-    k_needed = cluster.k if cluster.k is not None else cluster.k_min
-    if n_valid < max(k_needed, 2):
-        raise InvalidInputError(
-            f"only {n_valid} valid patches for K={k_needed}: use a smaller --k or a larger input"
-        )
 
     with profile.stage("clustering"):
         fraction = sample_fraction(n_valid, cluster.max_samples)
         chosen = sample_patches(grid.valid, seed=cluster.seed, fraction=fraction)
-        sample = grid.features[chosen]
-
-        elbow: dict[str, Any] | None = None
-        if cluster.k is None:
-            k_max = min(cluster.k_max, sample.shape[0] - 1)
-            k_min = min(cluster.k_min, k_max)
-            result = select_k(
-                sample,
-                k_min=k_min,
-                k_max=k_max,
-                threshold=cluster.elbow_threshold,
-                seed=cluster.seed,
-                n_init=cluster.n_init,
-            )
-            k = int(result.k)
-            elbow = {
-                "ks": [int(v) for v in result.ks],
-                "inertias": [float(v) for v in result.inertias],
-                "drops": [None if not np.isfinite(v) else float(v) for v in result.drops],
-                "threshold": cluster.elbow_threshold,
-                "hit_top_of_range": bool(result.hit_top_of_range),
-            }
-        else:
-            k = cluster.k
-
-        fit = fit_kmeans(sample, k, seed=cluster.seed, n_init=cluster.n_init)
-
-    logger.info("K-means: K=%d on %d of %d valid patches", k, sample.shape[0], n_valid)
-    return ClusterModel(
-        k=k, centroids=fit.centroids, inertia=float(fit.inertia), elbow=elbow, n_samples=int(sample.shape[0]),
-        sample=chosen,
-    )
+        model = fit_cluster_model(grid.features[chosen], n_valid, cluster)
+    model.sample = chosen
+    return model
 
 
 def _kmeans_scores(grid: FeatureGrid, model: ClusterModel) -> tuple[np.ndarray, np.ndarray]:

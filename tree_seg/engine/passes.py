@@ -22,7 +22,6 @@ import numpy as np
 import torch
 
 from tree_seg.clustering.blend import cells_per_patch
-from tree_seg.clustering.elbow import select_k
 from tree_seg.clustering.head_refine import (
     EMStats,
     aggregate,
@@ -30,16 +29,15 @@ from tree_seg.clustering.head_refine import (
     nearest_margins,
     tau_from_margins,
 )
-from tree_seg.clustering.kmeans import fit_kmeans
 from tree_seg.clustering.sampling import sample_fraction
 from tree_seg.config import ClusterConfig, HeadRefineConfig
-from tree_seg.core.segmentation import ClusterModel
+from tree_seg.clustering.model import ClusterModel, fit_cluster_model
 from tree_seg.engine import tasks
 from tree_seg.engine.cluster import Executor, combine_all
 from tree_seg.engine.feature_store import FeatureStore
 from tree_seg.engine.label_store import LabelStore
 from tree_seg.engine.layout import Block, iter_blocks
-from tree_seg.exceptions import InvalidInputError, RefinementFallbackWarning
+from tree_seg.exceptions import RefinementFallbackWarning
 from tree_seg.io.writer import LabelRasterWriter
 
 __all__ = [
@@ -116,40 +114,8 @@ def gather_sample(executor: Executor, store: FeatureStore, cluster: ClusterConfi
 
 
 def fit_sample(sample: np.ndarray, n_valid: int, cluster: ClusterConfig) -> ClusterModel:
-    """Choose K (fixed or elbow) and fit K-means on the sample, as :func:`~tree_seg.core.segmentation.fit_clusters` does.
-
-    Raises
-    ------
-    InvalidInputError
-        If there are fewer valid patches than clusters.
-    """
-    k_needed = cluster.k if cluster.k is not None else cluster.k_min
-    if n_valid < max(k_needed, 2):
-        raise InvalidInputError(
-            f"only {n_valid} valid patches for K={k_needed}: use a smaller --k or a larger input"
-        )
-
-    elbow: dict[str, Any] | None = None
-    if cluster.k is None:
-        k_max = min(cluster.k_max, sample.shape[0] - 1)
-        k_min = min(cluster.k_min, k_max)
-        result = select_k(sample, k_min=k_min, k_max=k_max, threshold=cluster.elbow_threshold, seed=cluster.seed,
-                          n_init=cluster.n_init)
-        k = int(result.k)
-        elbow = {
-            "ks": [int(v) for v in result.ks],
-            "inertias": [float(v) for v in result.inertias],
-            "drops": [None if not np.isfinite(v) else float(v) for v in result.drops],
-            "threshold": cluster.elbow_threshold,
-            "hit_top_of_range": bool(result.hit_top_of_range),
-        }
-    else:
-        k = cluster.k
-
-    fit = fit_kmeans(sample, k, seed=cluster.seed, n_init=cluster.n_init)
-    logger.info("K-means: K=%d on %d of %d valid patches", k, sample.shape[0], n_valid)
-    return ClusterModel(k=k, centroids=fit.centroids, inertia=float(fit.inertia), elbow=elbow,
-                        n_samples=int(sample.shape[0]))
+    """Choose K and fit K-means on the gathered sample with :func:`~tree_seg.clustering.model.fit_cluster_model`."""
+    return fit_cluster_model(sample, n_valid, cluster)
 
 
 @dataclass

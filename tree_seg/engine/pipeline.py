@@ -28,7 +28,7 @@ import numpy as np
 
 from tree_seg.config import SegmentationConfig
 from tree_seg.core.export import method_label
-from tree_seg.core.segmentation import ClusterModel
+from tree_seg.clustering.model import ClusterModel
 from tree_seg.core.profiling import peak_rss_mb, peak_vram_mb
 from tree_seg.core.versions import package_versions
 from tree_seg.engine import passes, tasks
