@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
+import rasterio.shutil
 from affine import Affine
 from rasterio.crs import CRS
 from rasterio.enums import Compression
@@ -123,12 +124,21 @@ def test_write_label_raster_failure_removes_temporary(tmp_path, rng, monkeypatch
     def fail(*args: object, **kwargs: object) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr(rasterio.io.DatasetWriter, "build_overviews", fail)
+    monkeypatch.setattr(rasterio.shutil, "copy", fail)
 
     with pytest.raises(OSError, match="disk full"):
         write_label_raster(_labels(rng), tmp_path / "labels.tif", crs=UTM33, transform=NON_SQUARE)
 
     assert list(tmp_path.iterdir()) == []
+
+
+def test_write_label_raster_is_cloud_optimized(tmp_path, rng):
+    path = write_label_raster(_labels(rng, (600, 520)), tmp_path / "labels.tif", crs=UTM33, transform=NON_SQUARE)
+
+    with rasterio.open(path) as src:
+        assert src.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG"
+        assert src.block_shapes == [(256, 256)]
+        assert src.overviews(1) == [2, 4]
 
 
 def test_write_label_raster_replaces_existing(tmp_path, rng):
@@ -160,7 +170,7 @@ def test_label_writer_windows_and_unwritten_nodata(tmp_path, rng):
 
     with rasterio.open(path) as src:
         written = src.read(1)
-        assert src.overviews(1) == [2]
+        assert src.overviews(1) == [2, 4]
     assert np.array_equal(written[:, :256], labels[:, :256])
     assert np.array_equal(written[:128, 256:], labels[:128, 256:])
     assert (written[128:, 256:] == 255).all()

@@ -33,8 +33,8 @@ from typing import Any
 import affine
 import numpy as np
 import rasterio
+import rasterio.shutil
 import rasterio.crs
-from rasterio.enums import Resampling
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 
@@ -250,10 +250,21 @@ class LabelRasterWriter:
     def _finish(self) -> None:
         assert self._dataset is not None and self._temporary is not None
         factors = overview_factors(self.height, self.width) if self.overviews else []
-        if factors:
-            self._dataset.build_overviews(factors, Resampling.mode)
         self._dataset.close()
         self._dataset = None
+
+        # GDAL's COG driver lays out tiles, overviews and the header so that
+        # readers can fetch parts by HTTP range requests; it can only copy an
+        # existing dataset, hence the second temporary file.
+        written = self._temporary
+        self._temporary = written.with_name(f"{written.stem}.cog{written.suffix}")
+        try:
+            rasterio.shutil.copy(
+                written, self._temporary, driver="COG", COMPRESS="DEFLATE", PREDICTOR="YES", BLOCKSIZE=256,
+                OVERVIEWS="AUTO" if factors else "NONE", OVERVIEW_RESAMPLING="MODE",
+            )
+        finally:
+            _remove_quietly(written)
 
         sidecar = _write_exact_crs(self._temporary, self.crs) if self.crs is not None else None
         final_sidecar = _sidecar_path(self.path)
