@@ -170,7 +170,7 @@ def test_label_writer_windows_and_unwritten_nodata(tmp_path, rng):
 
     with rasterio.open(path) as src:
         written = src.read(1)
-        assert src.overviews(1) == [2, 4]
+        assert src.overviews(1) == [2]  # the COG driver stops once a level fits one 256 px tile
     assert np.array_equal(written[:, :256], labels[:, :256])
     assert np.array_equal(written[:128, 256:], labels[:128, 256:])
     assert (written[128:, 256:] == 255).all()
