@@ -54,7 +54,8 @@ class RunProfile:
     stages : dict of str to float
         Wall time of each stage in seconds, in the order the stages ran.
     stage_peak_rss_mb : dict of str to float
-        Process peak RSS in MiB at the end of each stage.
+        Process peak RSS in MiB at the end of each stage (the peak so far,
+        so a stage's own peak is at most this value).
     window_batches : list of dict
         ``{"windows": n, "seconds": t}`` per batch, only when detailed.
     """
@@ -91,12 +92,12 @@ class RunProfile:
         """Return a JSON-ready record: seconds, MiB, and batch timings when detailed."""
         record: dict[str, Any] = {
             "stage_seconds": dict(self.stages),
+            "stage_peak_rss_mb": dict(self.stage_peak_rss_mb),
             "total_seconds": self.total_seconds,
             "peak_rss_mb": peak_rss_mb(),
             "peak_vram_mb": peak_vram_mb(),
         }
         if self.detailed:
-            record["stage_peak_rss_mb"] = dict(self.stage_peak_rss_mb)
             record["window_batches"] = list(self.window_batches)
             n_windows = sum(b["windows"] for b in self.window_batches)
             seconds = sum(b["seconds"] for b in self.window_batches)
