@@ -473,11 +473,13 @@ def _jsonable(value: Any) -> Any:
 
 
 def _read_profiles(path: Path | None) -> dict[str, Any]:
-    if path is None:
-        text = _PROFILES_FILE.read_text(encoding="utf-8")
-    else:
-        text = Path(path).read_text(encoding="utf-8")
-    return tomllib.loads(text)
+    source = _PROFILES_FILE if path is None else Path(path)
+    try:
+        return tomllib.loads(source.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigurationError(f"profiles file {source} not found: check the path") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigurationError(f"invalid TOML in profiles file {source}: {error}") from None
 
 
 def profile_names(path: Path | None = None) -> list[str]:

@@ -53,7 +53,7 @@ def test_cli_readme_command_writes_georeferenced_labels(tmp_path):
 def test_cli_rejects_v2_options_for_kmeans(tmp_path):
     result = _invoke("segment", str(EXAMPLE), "-o", str(tmp_path), "--model", "kmeans", "--tau", "0.1")
     assert result.exit_code == 2
-    assert "--tau only apply to --model head-refine" in result.output
+    assert "--tau: these options apply only to --model head-refine" in result.output
 
 
 @pytest.mark.parametrize(
@@ -124,7 +124,7 @@ def test_cli_metrics_prints_stage_table(tmp_path):
 def test_cli_engine_memory_rejects_dask_options(tmp_path):
     result = _invoke("segment", str(EXAMPLE), "-o", str(tmp_path), "--engine", "memory", "--workers", "2")
     assert result.exit_code == 2
-    assert "--workers only apply to the Dask engine" in result.output
+    assert "--workers: these options apply only to the Dask engine" in result.output
 
 
 def test_cli_dask_engine_synchronous_matches_memory(tmp_path):
@@ -151,3 +151,36 @@ def test_cli_dask_engine_synchronous_matches_memory(tmp_path):
         assert a.transform == b.transform
         # The engine stores float16 features, which may flip a few ties.
         assert (a.read(1) != b.read(1)).mean() < 0.001
+
+
+def test_cli_rejects_inputs_with_same_stem(tmp_path):
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "ortho.tif").write_bytes(EXAMPLE.read_bytes())
+    result = _invoke("segment", str(tmp_path / "a" / "ortho.tif"), str(tmp_path / "b" / "ortho.tif"),
+                     "-o", str(tmp_path / "out"))
+    assert result.exit_code == 2
+    assert "would write the same outputs (stem 'ortho')" in " ".join(result.output.split())
+
+
+def test_cli_pattern_without_match_fails_but_batch_goes_on(tmp_path):
+    result = _invoke("segment", str(tmp_path / "nothing" / "*.tif"), str(EXAMPLE), "-o", str(tmp_path / "out"),
+                     "--no-pictures", "--k", "3", "--backbone", "texture")
+    assert result.exit_code == 1
+    assert "pattern matches no file" in result.output
+    assert (tmp_path / "out" / "tcd_00000_image_head-refine_labels.tif").exists()
+
+
+def test_cli_output_under_a_file_fails_before_work(tmp_path):
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("not a folder")
+    result = _invoke("segment", str(EXAMPLE), "-o", str(blocker / "out"))
+    assert result.exit_code == 2
+    assert "cannot create output folder" in " ".join(result.output.split())
+    assert "backbone:" not in result.output
+
+
+def test_cli_elbow_threshold_out_of_range_names_value(tmp_path):
+    result = _invoke("segment", str(EXAMPLE), "-o", str(tmp_path), "--elbow-threshold", "150")
+    assert result.exit_code == 2
+    assert "invalid --elbow-threshold 150" in " ".join(result.output.split())

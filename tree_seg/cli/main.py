@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import glob
 import logging
+import tempfile
+import warnings
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -37,34 +39,87 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
         level = logging.DEBUG
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     logging.captureWarnings(True)
+    # Log warnings as "Category: message", without the source line that
+    # Python's default format appends.
+    warnings.formatwarning = lambda message, category, *args, **kwargs: f"{category.__name__}: {message}"
     for noisy in ("distributed", "matplotlib", "PIL", "rasterio", "urllib3", "httpx"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
 
 
-def expand_inputs(inputs: list[str]) -> list[Path]:
+def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
     """Expand files, folders (their rasters, sorted) and glob patterns into paths.
 
-    Raises
-    ------
-    typer.BadParameter
-        When an input matches nothing.
+    Returns
+    -------
+    paths : list of Path
+        Inputs in order, each file once.
+    problems : list of (str, str)
+        Folders without rasters and patterns that match nothing, with the
+        reason; the batch reports them as failed inputs and goes on.
     """
     paths: list[Path] = []
+    problems: list[tuple[str, str]] = []
     for item in inputs:
         path = Path(item)
         if path.is_dir():
             found = sorted(p for p in path.iterdir() if p.suffix.lower() in RASTER_SUFFIXES)
             if not found:
-                raise typer.BadParameter(f"folder {item} contains no raster file ({', '.join(sorted(RASTER_SUFFIXES))})")
+                problems.append((item, f"folder contains no raster file ({', '.join(sorted(RASTER_SUFFIXES))})"))
             paths.extend(found)
         elif any(char in item for char in "*?["):
             found = sorted(Path(p) for p in glob.glob(item))
             if not found:
-                raise typer.BadParameter(f"pattern {item!r} matches no file")
+                problems.append((item, "pattern matches no file"))
             paths.extend(found)
         else:
             paths.append(path)
-    return paths
+
+    unique: list[Path] = []
+    seen: set[Path] = set()
+    for path in paths:
+        key = path.resolve()
+        if key not in seen:
+            seen.add(key)
+            unique.append(path)
+    return unique, problems
+
+
+def check_output_names(paths: list[Path]) -> None:
+    """Reject inputs whose outputs would overwrite each other (same file stem).
+
+    Raises
+    ------
+    typer.BadParameter
+        Naming the first two inputs that share a stem.
+    """
+    by_stem: dict[str, Path] = {}
+    for path in paths:
+        other = by_stem.setdefault(path.stem, path)
+        if other != path:
+            raise typer.BadParameter(
+                f"{other} and {path} would write the same outputs (stem {path.stem!r}); "
+                "segment them into different --output folders"
+            )
+
+
+def check_output_folder(outdir: Path) -> None:
+    """Create the output folder and check that it is writable, before any work.
+
+    Raises
+    ------
+    typer.BadParameter
+        When the folder cannot be created or written.
+    """
+    try:
+        outdir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise typer.BadParameter(f"cannot create output folder {outdir}: {error.strerror}; choose another --output") from None
+    # A probe file, because os.access reports every folder writable for root.
+    try:
+        with tempfile.TemporaryFile(dir=outdir):
+            pass
+    except OSError as error:
+        raise typer.BadParameter(f"output folder {outdir} is not writable ({error.strerror}); choose another --output") from None
 
 
 def _print_stage_table(name: str, profile: dict[str, Any]) -> None:
@@ -84,7 +139,7 @@ def _check_v2_options(config_method: str, v2_given: dict[str, Any]) -> None:
     given = [name for name, value in v2_given.items() if value is not None]
     if given and config_method != "head-refine":
         raise typer.BadParameter(
-            f"{', '.join('--' + n for n in given)} only apply to --model head-refine; drop them or add --model head-refine"
+            f"{', '.join('--' + n for n in given)}: these options apply only to --model head-refine; drop them or use --model head-refine"
         )
 
 
@@ -101,6 +156,8 @@ def _config_from_options(
         raise typer.BadParameter("--k and --k-range conflict: give a fixed K or a range, not both")
     k_min, k_max = parse_k_range(o["k_range"]) if o.get("k_range") else (None, None)
     threshold = o.get("elbow_threshold")
+    if threshold is not None and not 0.0 < threshold < 100.0:
+        raise typer.BadParameter(f"invalid --elbow-threshold {threshold:g}: give a percentage between 0 and 100, e.g. 5")
     tau = o.get("tau")
 
     config = build_config(
@@ -148,7 +205,7 @@ def _config_from_options(
 def segment(
     inputs: Annotated[list[str], typer.Argument(help="Raster files, folders of rasters, or glob patterns.", show_default=False)],
     outdir: Annotated[Path, typer.Option("--output", "-o", help="Output folder (created when missing).")],
-    model: Annotated[str | None, typer.Option("--model", help="Method: kmeans (V1.5) or head-refine (V2). [default: kmeans]", show_default=False)] = None,
+    model: Annotated[str | None, typer.Option("--model", help="Method: head-refine (V2: K-means refined by the image-guided soft assignment) or kmeans (V1.5). [default: head-refine]", show_default=False)] = None,
     backbone: p.BackboneOption = None,
     weights: p.WeightsOption = None,
     profile: p.ProfileOption = None,
@@ -196,14 +253,18 @@ def segment(
     config = _config_from_options(method=model, profile=profile, profiles_file=profiles_file, options=options)
     _check_v2_options(config.method, {"tau": tau, "alpha": alpha, "iterations": iterations, "blend": blend})
 
-    paths = expand_inputs(inputs)
+    paths, problems = expand_inputs(inputs)
+    check_output_names(paths)
+    check_output_folder(outdir)
+    for item, reason in problems:
+        typer.echo(f"failed  {item}: {reason}", err=True)
     dask_options = {"workers": workers, "chunk_size": chunk_size, "scheduler": scheduler, "feature_store": feature_store}
     if _use_dask(engine, paths, config, dask_options):
         failures = run_batch_dask(paths, outdir, config, show_metrics=metrics, pictures=pictures,
                                   progress=progress and not quiet)
     else:
         failures = run_batch(paths, outdir, config, show_metrics=metrics, pictures=pictures)
-    if failures:
+    if failures or problems:
         raise typer.Exit(code=1)
 
 
@@ -224,7 +285,7 @@ def _use_dask(engine: str, paths: list[Path], config: SegmentationConfig, dask_o
     given = [f"--{name.replace('_', '-')}" for name, value in dask_options.items() if value is not None]
     if engine == "memory":
         if given:
-            raise typer.BadParameter(f"{', '.join(given)} only apply to the Dask engine; drop them or use --engine dask")
+            raise typer.BadParameter(f"{', '.join(given)}: these options apply only to the Dask engine; drop them or use --engine dask")
         return False
     if engine == "dask" or given:
         return True
@@ -353,6 +414,8 @@ def evaluate(
     _setup_logging(verbose, quiet)
     options = _shared_options(locals())
     if slic_size is not None:
+        if not any(name.endswith("+slic") for name in (model or ["+slic"])):
+            raise typer.BadParameter("--slic-size only applies to +slic methods, e.g. --model kmeans+slic")
         options["refine"] = "slic"
     config = _config_from_options(method=None, profile=profile, profiles_file=profiles_file, options=options)
     try:

@@ -116,6 +116,8 @@ def build_config(
         elif value is not None:
             cleaned[key] = value
 
+    if profiles_file is not None and profile is None:
+        raise typer.BadParameter("--profiles-file needs --profile NAME to choose a preset from it")
     try:
         updates = load_profile(profile, profiles_file) if profile else {}
         return SegmentationConfig().with_updates(_merge(updates, cleaned))

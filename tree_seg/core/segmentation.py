@@ -131,7 +131,9 @@ def extract_features(
         )
 
     with profile.stage("features"):
-        scale = resolve_scale(config.window, crs=source.crs, transform=source.transform)
+        scale = resolve_scale(
+            config.window, crs=source.crs, transform=source.transform, shape=(source.height, source.width)
+        )
         shape = resampled_shape((source.height, source.width), scale)
         resampled = resample_image(image, scale) if scale != 1.0 else image
         model_valid = resample_mask(pixel_valid, scale) if scale != 1.0 else pixel_valid
@@ -331,7 +333,10 @@ class SegmentationRun:
 
     def metadata(self) -> dict[str, Any]:
         """Return the JSON-ready record of the run."""
-        return run_metadata(self.source, self.config, self.grid, self.model, self.refinement, self.profile)
+        record = run_metadata(self.source, self.config, self.grid, self.model, self.refinement, self.profile)
+        # K counts fitted clusters; fewer may own a pixel after refinement.
+        record["clusters_used"] = int(np.unique(self.labels[self.labels != NODATA_LABEL]).size)
+        return record
 
     def to_dataset(self, *, return_scores: bool = False) -> xr.Dataset:
         """Return the labels and fitted model as an :class:`xarray.Dataset` (see :func:`segment`)."""

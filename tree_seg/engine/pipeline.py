@@ -150,7 +150,7 @@ def _executor(client: Any, config: SegmentationConfig, progress: bool | None) ->
 
 def _geometry(source: RasterSource, config: SegmentationConfig, patch_size: int) -> tasks.RasterGeometry:
     input_shape = (source.height, source.width)
-    scale = resolve_scale(config.window, crs=source.crs, transform=source.transform)
+    scale = resolve_scale(config.window, crs=source.crs, transform=source.transform, shape=(source.height, source.width))
     geometry = tasks.RasterGeometry(
         input_shape=input_shape,
         resampled_shape=resampled_shape(input_shape, scale),

@@ -160,6 +160,8 @@ def load_dataset(folder: str | os.PathLike[str]) -> Dataset:
         pair, or the classes file is malformed.
     """
     root = Path(folder)
+    if not root.is_dir():
+        raise DatasetError(f"dataset folder {root} not found: check the path")
     for sub in ("images", "masks"):
         if not (root / sub).is_dir():
             raise DatasetError(f"{root / sub} is missing; a dataset folder needs images/ and masks/")

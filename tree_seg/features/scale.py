@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 
+import pyproj
 from affine import Affine
 from rasterio.crs import CRS
 
@@ -17,6 +18,10 @@ logger = logging.getLogger(__name__)
 MIN_SCALE = 0.05
 """Smallest factor ``scale="auto"`` returns, the lower bound of ``WindowConfig.scale``."""
 
+MIN_SIDE_PX = 512
+"""Shortest side, in resampled pixels, that ``scale="auto"`` keeps (32 patches of
+16 px), so that a small or very fine raster still gets enough patches to cluster."""
+
 
 def pixel_size_m(crs: CRS | None, transform: Affine) -> float | None:
     """Return the pixel size in metres (geometric mean of both axes), or None.
@@ -26,14 +31,21 @@ def pixel_size_m(crs: CRS | None, transform: Affine) -> float | None:
     """
     if crs is None:
         return None
-    units = (crs.linear_units or "").lower()
-    if units not in ("metre", "meter", "m"):
+    try:
+        axes = pyproj.CRS.from_wkt(crs.to_wkt()).axis_info
+    except pyproj.exceptions.CRSError:
+        return None
+    # LOCAL_CS and engineering CRSs have no "linear units" in rasterio but
+    # state the unit of each axis.
+    if not axes or any(axis.unit_name not in ("metre", "meter") for axis in axes[:2]):
         return None
     area = abs(transform.a * transform.e - transform.b * transform.d)
     return math.sqrt(area) if area > 0 else None
 
 
-def resolve_scale(window: WindowConfig, *, crs: CRS | None, transform: Affine) -> float:
+def resolve_scale(
+    window: WindowConfig, *, crs: CRS | None, transform: Affine, shape: tuple[int, int] | None = None
+) -> float:
     """Return the numeric resampling factor for ``window.scale``.
 
     Parameters
@@ -45,6 +57,10 @@ def resolve_scale(window: WindowConfig, *, crs: CRS | None, transform: Affine) -
         The raster's CRS.
     transform : affine.Affine
         The raster's transform (CRS units per pixel).
+
+    shape : tuple of int, optional
+        (height, width) of the raster in pixels; ``"auto"`` then keeps the
+        shorter side at least :data:`MIN_SIDE_PX` pixels.
 
     Returns
     -------
@@ -59,6 +75,9 @@ def resolve_scale(window: WindowConfig, *, crs: CRS | None, transform: Affine) -
     if size is None:
         logger.info("scale auto: the raster's pixel size is not in metres, so it is kept (scale 1.0)")
         return 1.0
-    scale = round(min(1.0, max(MIN_SCALE, size / window.target_resolution)), 3)
+    scale = max(MIN_SCALE, size / window.target_resolution)
+    if shape is not None:
+        scale = max(scale, MIN_SIDE_PX / min(shape))
+    scale = round(min(1.0, scale), 3)
     logger.info("scale auto: %.3f m pixels resampled by %.3f to about %.2f m", size, scale, size / scale)
     return scale

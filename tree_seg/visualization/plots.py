@@ -81,7 +81,7 @@ def _save(figure: Figure, path: Path) -> Path:
     handle, temporary = tempfile.mkstemp(suffix=".png", prefix=f".{path.stem}-", dir=path.parent)
     os.close(handle)
     try:
-        figure.savefig(temporary, dpi=100, bbox_inches="tight")
+        figure.savefig(temporary, dpi=150, bbox_inches="tight")
         # mkstemp creates the file readable by its owner only; give it the
         # permissions a plain open() would.
         umask = os.umask(0)
