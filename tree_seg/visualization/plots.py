@@ -96,10 +96,12 @@ def _save(figure: Figure, path: Path) -> Path:
     return path
 
 
-def _legend_handles(k: int) -> list[Patch]:
+def _legend_handles(k: int, present: np.ndarray) -> list[Patch]:
+    """Return legend entries for the labels in ``present`` only."""
     colours = label_colors(k)
-    handles = [Patch(color=colours[i], label=f"cluster {i}") for i in range(k)]
-    handles.append(Patch(facecolor="white", edgecolor="grey", label=f"nodata ({NODATA_LABEL})"))
+    handles = [Patch(color=colours[i], label=f"cluster {i}") for i in range(k) if i in present]
+    if NODATA_LABEL in present:
+        handles.append(Patch(facecolor="white", edgecolor="grey", label=f"nodata ({NODATA_LABEL})"))
     return handles
 
 
@@ -122,7 +124,8 @@ def plot_legend(labels: np.ndarray, k: int, path: Path, *, title: str = "") -> P
     axis.imshow(_colour_labels(shown, k), interpolation="nearest")
     axis.set_axis_off()
     axis.set_title(title)
-    axis.legend(handles=_legend_handles(k), loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
+    handles = _legend_handles(k, np.unique(labels))
+    axis.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
     return _save(figure, path)
 
 
