@@ -69,6 +69,8 @@ def test_cli_rejects_v2_options_for_kmeans(tmp_path):
         (["--slic-size", "12"], "--slic-size only applies with --refine slic"),
         (["--profile", "fastest"], "unknown profile 'fastest'"),
         (["--nodata", "black"], "invalid --nodata 'black'"),
+        (["--backbone", "dinov2_vits14", "--window", "448", "--overlap", "64"], "overlap=64 is not a multiple of the patch size 14"),
+        (["--backbone", "nonsense"], "nonsense"),
     ],
 )
 def test_cli_rejects_bad_option(tmp_path, args, message):
@@ -79,8 +81,9 @@ def test_cli_rejects_bad_option(tmp_path, args, message):
 
 def test_cli_window_not_multiple_of_patch_fails_with_fix(tmp_path):
     result = _invoke("segment", str(EXAMPLE), "-o", str(tmp_path), "--backbone", "texture", "--window", "450")
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert "448" in result.output
+    assert "backbone:" not in result.output
     assert not list(tmp_path.glob("*_labels.tif"))
 
 

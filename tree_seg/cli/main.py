@@ -15,7 +15,7 @@ import typer
 from tree_seg.cli import params as p
 from tree_seg.cli.options import build_config, parse_bands, parse_k_range, parse_nodata, parse_scale, parse_tau
 from tree_seg.config import SegmentationConfig, profile_names
-from tree_seg.exceptions import TreeSegError
+from tree_seg.exceptions import ConfigurationError, TreeSegError
 
 app = typer.Typer(
     name="tree-seg",
@@ -198,7 +198,23 @@ def _config_from_options(
     )
     if o.get("slic_size") is not None and config.labels.refine != "slic":
         raise typer.BadParameter("--slic-size only applies with --refine slic")
+    _check_window_early(config)
     return config
+
+
+def _check_window_early(config: SegmentationConfig) -> None:
+    """Check window and overlap against the backbone's patch size before any model loads."""
+    from tree_seg.features.grid import check_patch_multiple
+    from tree_seg.models.registry import resolve_backbone
+
+    # "auto" resolves to DINOv3 ViT-S/16 or the texture backbone, both 16 px.
+    name = config.backbone.name
+    try:
+        patch_size = 16 if name == "auto" else resolve_backbone(name).patch_size
+        check_patch_multiple("window", config.window.window, patch_size)
+        check_patch_multiple("overlap", config.window.overlap, patch_size)
+    except ConfigurationError as error:
+        raise typer.BadParameter(str(error)) from None
 
 
 @app.command()

@@ -27,7 +27,8 @@ def nearest_multiples(value: int, base: int) -> tuple[int, int]:
     return below, above
 
 
-def _check_multiple(name: str, value: int, patch_size: int) -> None:
+def check_patch_multiple(name: str, value: int, patch_size: int) -> None:
+    """Raise ConfigurationError naming the nearest valid values when ``value`` (pixels) is not a multiple of ``patch_size``."""
     if value % patch_size == 0:
         return
     below, above = nearest_multiples(value, patch_size)
@@ -86,8 +87,8 @@ class WindowGrid:
         _check_positive_int("patch_size", patch_size, low=1)
         _check_positive_int("window", window, low=1)
         _check_positive_int("overlap", overlap, low=0)
-        _check_multiple("window", window, patch_size)
-        _check_multiple("overlap", overlap, patch_size)
+        check_patch_multiple("window", window, patch_size)
+        check_patch_multiple("overlap", overlap, patch_size)
         if overlap >= window:
             raise ConfigurationError(f"invalid overlap={overlap}: it must be smaller than window={window}")
 
