@@ -495,17 +495,26 @@ def run_metadata(
         "versions": package_versions(),
     }
     if refinement is not None:
-        record["head_refine"] = {
-            "tau": float(refinement.tau),
-            "alpha": config.head_refine.alpha,
-            "iterations": config.head_refine.iterations,
-            "iterations_run": int(refinement.iterations_run),
-            "converged": bool(refinement.converged),
-            "fell_back": bool(refinement.fell_back),
-            "fallback_reason": refinement.fallback_reason,
-            "blend": config.head_refine.blend,
-            "cell_size_px": int(refinement.cell_size),
-            "priors": [float(p) for p in np.asarray(refinement.priors).ravel()],
-        }
+        record["head_refine"] = head_refine_metadata(refinement, config)
     return record
+
+
+def head_refine_metadata(refinement: Any, config: SegmentationConfig) -> dict[str, Any]:
+    """Return the JSON-ready record of a V2 refinement.
+
+    ``refinement`` is a :class:`~tree_seg.clustering.head_refine.HeadRefineResult`
+    or the Dask engine's outcome, which have the same fields.
+    """
+    return {
+        "tau": float(refinement.tau),
+        "alpha": config.head_refine.alpha,
+        "iterations": config.head_refine.iterations,
+        "iterations_run": int(refinement.iterations_run),
+        "converged": bool(refinement.converged),
+        "fell_back": bool(refinement.fell_back),
+        "fallback_reason": refinement.fallback_reason,
+        "blend": config.head_refine.blend,
+        "cell_size_px": int(refinement.cell_size),
+        "priors": [float(p) for p in np.asarray(refinement.priors).ravel()],
+    }
 

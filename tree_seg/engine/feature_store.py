@@ -218,8 +218,31 @@ def write_georeference(group: zarr.Group, *, crs_wkt: str | None, transform: aff
     group.create_array("x", data=xs.astype(np.float64), dimension_names=["x"], overwrite=True)
 
 
+class ZarrArrays:
+    """Lazily opened arrays of a zarr group at ``self.path``, cached in ``self._arrays``.
+
+    The cache is dropped when the object is pickled, so a store sent to a
+    Dask worker opens its arrays there.
+    """
+
+    path: Path
+    _arrays: dict[str, zarr.Array]
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_arrays"] = {}
+        return state
+
+    def _array(self, name: str) -> zarr.Array:
+        array = self._arrays.get(name)
+        if array is None:
+            array = zarr.open_array(self.path / name, mode="r+")
+            self._arrays[name] = array
+        return array
+
+
 @dataclass
-class FeatureStore:
+class FeatureStore(ZarrArrays):
     """Handle on a feature store; pickles as its path and layout, so tasks can carry it.
 
     Use :meth:`open_or_create` on the client and pass the handle to tasks;
@@ -242,11 +265,6 @@ class FeatureStore:
     feature_dim: int
     chunk_side: int
     _arrays: dict[str, zarr.Array] = field(default_factory=dict, repr=False, compare=False)
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["_arrays"] = {}
-        return state
 
     @classmethod
     def open_or_create(
@@ -329,13 +347,6 @@ class FeatureStore:
     def blocks(self) -> list[Block]:
         """Return every feature chunk, row by row, in patches."""
         return list(iter_blocks(self.patch_shape, self.chunk_side))
-
-    def _array(self, name: str) -> zarr.Array:
-        array = self._arrays.get(name)
-        if array is None:
-            array = zarr.open_array(self.path / name, mode="r+")
-            self._arrays[name] = array
-        return array
 
     def done_mask(self) -> np.ndarray:
         """Return (chunk_y, chunk_x) bool: True where the chunk's features are complete."""

@@ -29,7 +29,7 @@ import numpy as np
 import zarr
 
 from tree_seg.core.labels import NODATA_LABEL
-from tree_seg.engine.feature_store import write_georeference
+from tree_seg.engine.feature_store import ZarrArrays, write_georeference
 from tree_seg.engine.kernels import pad_halo
 from tree_seg.engine.layout import Block, halo_slices
 
@@ -39,7 +39,7 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass
-class LabelStore:
+class LabelStore(ZarrArrays):
     """Handle on a label store; pickles as its path and shapes, so tasks can carry it.
 
     Attributes
@@ -57,11 +57,6 @@ class LabelStore:
     chunk_size: int
     _arrays: dict[str, zarr.Array] = field(default_factory=dict, repr=False, compare=False)
 
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["_arrays"] = {}
-        return state
-
     @classmethod
     def create(cls, path: str | Path, *, shape: tuple[int, int], chunk_size: int, crs_wkt: str | None,
                transform: affine.Affine, attributes: dict[str, Any] | None = None) -> LabelStore:
@@ -75,13 +70,6 @@ class LabelStore:
         write_georeference(group, crs_wkt=crs_wkt, transform=transform, shape=shape)
         logger.info("Created label store %s: %d x %d pixels in chunks of %d", path, shape[0], shape[1], chunk_size)
         return cls(path, tuple(shape), int(chunk_size))
-
-    def _array(self, name: str) -> zarr.Array:
-        array = self._arrays.get(name)
-        if array is None:
-            array = zarr.open_array(self.path / name, mode="r+")
-            self._arrays[name] = array
-        return array
 
     def write_labels(self, block: Block, labels: np.ndarray) -> None:
         """Write one chunk of pixel labels."""

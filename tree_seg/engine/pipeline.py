@@ -30,6 +30,7 @@ from tree_seg.config import SegmentationConfig
 from tree_seg.core.export import method_label
 from tree_seg.clustering.model import ClusterModel
 from tree_seg.core.profiling import peak_rss_mb, peak_vram_mb
+from tree_seg.core.segmentation import head_refine_metadata
 from tree_seg.core.versions import package_versions
 from tree_seg.engine import passes, tasks
 from tree_seg.engine.cluster import Executor, open_client
@@ -467,18 +468,7 @@ def _metadata(source: RasterSource, config: SegmentationConfig, info: dict[str, 
         },
     }
     if outcome is not None:
-        record["head_refine"] = {
-            "tau": float(outcome.tau),
-            "alpha": config.head_refine.alpha,
-            "iterations": config.head_refine.iterations,
-            "iterations_run": int(outcome.iterations_run),
-            "converged": bool(outcome.converged),
-            "fell_back": bool(outcome.fell_back),
-            "fallback_reason": outcome.fallback_reason,
-            "blend": config.head_refine.blend,
-            "cell_size_px": int(outcome.cell_size),
-            "priors": [float(p) for p in np.asarray(outcome.priors).ravel()],
-        }
+        record["head_refine"] = head_refine_metadata(outcome, config)
     return record
 
 
