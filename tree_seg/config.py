@@ -67,7 +67,7 @@ def _check_int(name: str, value: int, *, low: int, high: int | None = None) -> N
 
 @dataclass(frozen=True, kw_only=True)
 class ReadConfig:
-    """How the input raster is read and which pixels are valid.
+    """Settings for reading the input raster and finding its valid pixels.
 
     Parameters
     ----------
@@ -115,7 +115,7 @@ class ReadConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class BackboneConfig:
-    """Which feature extractor runs, with which weights, where.
+    """Settings of the feature extractor: its name, weights, device and precision.
 
     Parameters
     ----------
@@ -248,11 +248,11 @@ class ClusterConfig:
 class HeadRefineConfig:
     """V2 head refinement: soft EM seeded from the K-means centroids.
 
-    The defaults (one E-step with equal priors, then the grey guided blend
-    with alpha 1, radius 8 cells, eps 1e-4) were chosen in a sweep on two
-    labelled aerial tiles with DINOv2-S/14 and colour-texture features,
-    scored by mIoU and boundary F-score at 2 px; docs/results/README.md has
-    the tables. Runs with M-steps (``iterations`` 2 to 5) scored below the
+    The defaults are one E-step with equal priors, then the grey guided
+    blend with alpha 1, radius 8 cells and eps 1e-4. They were chosen in a
+    sweep on two labelled aerial tiles with DINOv2-S/14 and colour-texture
+    features, scored by mIoU and boundary F-score at 2 px, and
+    docs/results/README.md has the tables. Runs with M-steps (``iterations`` 2 to 5) scored below the
     same run with ``iterations=1``, and learned priors below equal priors.
 
     Parameters
@@ -332,7 +332,7 @@ class HeadRefineConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class LabelConfig:
-    """How patch scores become pixel labels.
+    """Settings that turn patch scores into pixel labels.
 
     Parameters
     ----------

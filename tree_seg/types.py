@@ -6,7 +6,7 @@ Method = Literal["kmeans", "head-refine"]
 """Clustering method: ``"kmeans"`` is V1.5, ``"head-refine"`` is V2."""
 
 Upsampling = Literal["nearest", "bilinear"]
-"""How patch scores become pixel labels."""
+"""Method that turns patch scores into pixel labels."""
 
 Refinement = Literal["none", "slic"]
 """Pixel snapping applied after the labels are made."""
@@ -15,7 +15,7 @@ Blend = Literal["neighbour", "guided"]
 """Spatial blend of the V2 head refinement."""
 
 Device = Literal["auto", "cpu", "cuda"]
-"""Where the backbone runs; ``"auto"`` picks CUDA when available."""
+"""Device of the backbone; ``"auto"`` picks CUDA when available."""
 
 BACKBONE_NAMES = (
     "auto",

@@ -79,7 +79,7 @@ def test_cli_rejects_bad_option(tmp_path, args, message):
     assert message in " ".join(result.output.split()).replace("│", "").replace("  ", " ") or message in result.output
 
 
-def test_cli_window_not_multiple_of_patch_fails_with_fix(tmp_path):
+def test_cli_window_not_patch_multiple(tmp_path):
     result = _invoke("segment", str(EXAMPLE), "-o", str(tmp_path), "--backbone", "texture", "--window", "450")
     assert result.exit_code == 2
     assert "448" in result.output
@@ -166,7 +166,7 @@ def test_cli_rejects_inputs_with_same_stem(tmp_path):
     assert "would write the same outputs (stem 'ortho')" in " ".join(result.output.split())
 
 
-def test_cli_pattern_without_match_fails_but_batch_goes_on(tmp_path):
+def test_cli_unmatched_pattern_continues_batch(tmp_path):
     result = _invoke("segment", str(tmp_path / "nothing" / "*.tif"), str(EXAMPLE), "-o", str(tmp_path / "out"),
                      "--no-pictures", "--k", "3", "--backbone", "texture")
     assert result.exit_code == 1

@@ -359,9 +359,9 @@ def run_segmentation(
 ) -> SegmentationRun:
     """Run every stage on one raster and keep the intermediate results.
 
-    ``grid`` reuses features extracted earlier and ``model`` a K-means fit
-    made on them (a sweep or an evaluation of several methods); both must
-    come from the same source and settings.
+    ``grid`` reuses features extracted earlier, and ``model`` a K-means fit
+    made on them, as a sweep or an evaluation of several methods does. Both
+    must come from the same source and settings.
     """
     config = config or SegmentationConfig()
     profile = profile or RunProfile(detailed=config.metrics)

@@ -1,7 +1,7 @@
 """Run several methods on a labelled dataset folder and score them.
 
 Features are extracted once per image and backbone, and K-means is fitted
-once per image; every method variant (``kmeans``, ``head-refine``, each with
+once per image. Every method variant (``kmeans``, ``head-refine``, each with
 or without ``+slic``) starts from the same features and the same K-means fit,
 so score differences come from the method alone.
 """

@@ -254,8 +254,8 @@ class LabelRasterWriter:
         self._dataset = None
 
         # GDAL's COG driver lays out tiles, overviews and the header so that
-        # readers can fetch parts by HTTP range requests; it can only copy an
-        # existing dataset, hence the second temporary file.
+        # readers can fetch parts by HTTP range requests. It can only copy an
+        # existing dataset, so it writes a second temporary file.
         written = self._temporary
         self._temporary = written.with_name(f"{written.stem}.cog{written.suffix}")
         try:
