@@ -15,6 +15,7 @@ from tree_seg.clustering.blend import (
     guided_blend,
     guided_filter,
     neighbour_blend,
+    neighbour_weights,
     prepare_guide,
     upsample_bilinear_masked,
 )
@@ -61,6 +62,40 @@ def test_neighbour_blend_alpha_zero_identity(rng):
     out = neighbour_blend(resp, valid, alpha=0.0)
 
     torch.testing.assert_close(out, resp)
+
+
+def test_neighbour_blend_keeps_distributions(rng):
+    resp = torch.softmax(torch.as_tensor(rng.normal(size=(5, 9, 11)), dtype=torch.float32), dim=0)
+    valid = torch.as_tensor(rng.random((9, 11)) > 0.3)
+    valid[4, :] = False
+    valid[:, 6] = False
+
+    out = neighbour_blend(resp, valid, alpha=0.7)
+
+    totals = out.sum(dim=0)
+    torch.testing.assert_close(totals[valid], torch.ones(int(valid.sum())), atol=1e-6, rtol=0)
+    assert float(out[:, ~valid].abs().max()) == 0.0
+    assert float(out.min()) >= -1e-7
+
+
+def test_neighbour_weights_corner_edge_and_isolated_patch():
+    valid = torch.ones(3, 4, dtype=torch.bool)
+    valid[2, 3] = False
+    valid[0, 3] = False
+
+    own, window = neighbour_weights(valid, 0.4)
+
+    # Corner (0, 0) has 3 valid neighbours; window sums include the patch.
+    assert float(window[0, 0, 0]) == pytest.approx(0.4 / 3)
+    assert float(own[0, 0, 0]) == pytest.approx(0.6 - 0.4 / 3)
+    # (1, 3) has neighbours (0, 2), (1, 2), (2, 2) valid and two invalid ones.
+    assert float(window[1, 3, 0]) == pytest.approx(0.4 / 3)
+    assert float(own[2, 3, 0]) == 0.0 and float(window[2, 3, 0]) == 0.0
+    # A patch whose neighbours are all invalid keeps its responsibilities.
+    lonely = torch.zeros(3, 3, dtype=torch.bool)
+    lonely[1, 1] = True
+    own, window = neighbour_weights(lonely, 0.4)
+    assert float(own[1, 1, 0]) == 1.0 and float(window[1, 1, 0]) == 0.0
 
 
 def test_upsample_bilinear_masked_values():

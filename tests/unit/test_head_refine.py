@@ -175,6 +175,54 @@ def test_em_chunk_chunked_equals_whole(rng, blend):
     np.testing.assert_allclose(chunked_priors, whole_priors, atol=1e-6)
 
 
+def test_em_chunk_statistics_only_returns_no_responsibilities(rng):
+    features = l2_normalize(rng.normal(size=(6, 7, 5)))
+    valid = np.ones((6, 7), dtype=bool)
+    centroids = l2_normalize(rng.normal(size=(3, 5)))
+    config = HeadRefineConfig(blend="neighbour", alpha=0.5)
+
+    resp, stats = em_chunk(features, valid, centroids, np.zeros(3), 0.2, config, halo=1, patch_size=16,
+                           responsibilities=False)
+    full, full_stats = em_chunk(features, valid, centroids, np.zeros(3), 0.2, config, halo=1, patch_size=16)
+
+    assert resp is None
+    assert full.shape == (3, 4, 5)
+    assert stats.n_valid == full_stats.n_valid == 20
+    np.testing.assert_array_equal(stats.sum_rx, full_stats.sum_rx)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 9), (7, 1), (70, 90)])
+def test_e_step_products_match_the_matrix_product(rng, shape):
+    from tree_seg.clustering.em import _scaled_products
+
+    features = torch.as_tensor(l2_normalize(rng.normal(size=(*shape, 24))))
+    centroids = torch.as_tensor(l2_normalize(rng.normal(size=(6, 24))))
+    bias = torch.as_tensor(rng.normal(size=6), dtype=torch.float32)
+
+    out = _scaled_products(features, centroids, 3.5, bias)
+
+    expected = bias.double() + 3.5 * features.reshape(-1, 24).double() @ centroids.double().T
+    assert out.shape == (*shape, 6)
+    torch.testing.assert_close(out.double(), expected.reshape(*shape, 6), atol=1e-5, rtol=1e-6)
+
+
+def test_em_chunk_statistics_match_float64_sums(rng):
+    # 65 x 127 patches: two full blocks of the batched M-step product and a rest.
+    features = l2_normalize(rng.normal(size=(65, 127, 12)))
+    valid = rng.random((65, 127)) > 0.1
+    features[~valid] = np.nan
+    centroids = l2_normalize(rng.normal(size=(4, 12)))
+    config = HeadRefineConfig(blend="neighbour", alpha=0.3)
+
+    resp, stats = em_chunk(features, valid, centroids, np.zeros(4), 0.3, config, halo=0, patch_size=16)
+
+    weights = resp.reshape(4, -1).astype(np.float64)
+    x = np.where(valid[..., None], features, 0.0).reshape(-1, 12).astype(np.float64)
+    assert stats.n_valid == int(valid.sum())
+    np.testing.assert_allclose(stats.sum_r, weights.sum(axis=1), rtol=1e-6)
+    np.testing.assert_allclose(stats.sum_rx, weights @ x, rtol=1e-6, atol=1e-6)
+
+
 def test_em_chunk_output_shapes(rng):
     features = l2_normalize(rng.normal(size=(10, 12, 4)))
     valid = np.ones((10, 12), dtype=bool)

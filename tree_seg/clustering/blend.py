@@ -3,7 +3,8 @@
 Two blends, both pure torch functions of one chunk with its halo:
 
 - ``"neighbour"`` mixes each patch's responsibilities with the mean of its
-  valid 3 x 3 neighbours on the patch grid.
+  valid 3 x 3 neighbours on the patch grid. It works with clusters last,
+  the layout of the E-step, so that no step reorders the data.
 - ``"guided"`` upsamples the responsibilities bilinearly to a guide grid of
   ``guide_stride`` pixels per cell. It then filters them with a guided
   filter (He, Sun and Tang, "Guided Image Filtering", TPAMI 2013) whose guide
@@ -31,12 +32,14 @@ from tree_seg.exceptions import ConfigurationError, InvalidInputError
 __all__ = [
     "GuideCells",
     "blend_halo",
+    "blend_neighbours_last",
     "cells_per_patch",
     "cells_to_patches",
     "guide_to_cells",
     "guided_blend",
     "guided_filter",
     "neighbour_blend",
+    "neighbour_weights",
     "prepare_guide",
     "upsample_bilinear_masked",
 ]
@@ -116,12 +119,81 @@ def blend_halo(config: HeadRefineConfig, patch_size: int) -> int:
     return 1 + math.ceil(2 * config.guided_radius / factor)
 
 
+def neighbour_weights(valid: torch.Tensor, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return the per-patch weights of the neighbour blend.
+
+    The blend of :func:`neighbour_blend` is ``own * r + window * S``, where
+    ``S`` is the sum of ``r`` over the 3 x 3 window including the patch
+    itself. With ``c`` valid neighbours, ``window = alpha / c`` and
+    ``own = 1 - alpha - alpha / c``, so the weights of a valid patch sum to
+    1 and the result is again a distribution over clusters. The weights
+    depend only on the mask, so several E-steps on one grid can share them.
+
+    Parameters
+    ----------
+    valid : Tensor of bool, shape (patch_y, patch_x)
+        True on patches that hold data.
+    alpha : float
+        Blend weight in [0, 1].
+
+    Returns
+    -------
+    own : Tensor of float32, shape (patch_y, patch_x, 1)
+        Weight of the window sum's correction for the patch itself: 1 on a
+        valid patch without valid neighbours, 0 on invalid patches.
+    window : Tensor of float32, shape (patch_y, patch_x, 1)
+        Weight of the 3 x 3 window sum: 0 on invalid patches and on patches
+        without valid neighbours.
+    """
+    mask = valid.to(torch.float32)[..., None]
+    count = _window_sum_3x3(mask) - mask
+    window = torch.where(count > 0, alpha / count.clamp(min=1.0), 0.0) * mask
+    own = torch.where(count > 0, 1.0 - alpha, 1.0) * mask - window
+    return own, window
+
+
+def _window_sum_3x3(x: torch.Tensor) -> torch.Tensor:
+    # Sum over the 3 x 3 window of the first two axes, with nothing outside:
+    # each cell adds its row neighbours, then its column neighbours, in the
+    # same order everywhere, so a chunk and the whole grid agree bit for bit.
+    rows = x.clone()
+    rows[:, 1:] += x[:, :-1]
+    rows[:, :-1] += x[:, 1:]
+    out = rows.clone()
+    out[1:] += rows[:-1]
+    out[:-1] += rows[1:]
+    return out
+
+
+def blend_neighbours_last(resp: torch.Tensor, own: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
+    """Apply the neighbour blend to responsibilities with clusters last.
+
+    The layout the E-step produces; :func:`neighbour_blend` is the same
+    blend for clusters first.
+
+    Parameters
+    ----------
+    resp : Tensor of float32, shape (patch_y, patch_x, K)
+        Responsibilities, summing to 1 over K on valid patches and 0 on
+        invalid ones.
+    own, window : Tensor of float32, shape (patch_y, patch_x, 1)
+        Output of :func:`neighbour_weights`.
+
+    Returns
+    -------
+    Tensor of float32, shape (patch_y, patch_x, K)
+        Blended responsibilities, summing to 1 over K (to float32 rounding)
+        on valid patches and 0 on invalid ones.
+    """
+    return _window_sum_3x3(resp).mul_(window).addcmul_(resp, own)
+
+
 def neighbour_blend(resp: torch.Tensor, valid: torch.Tensor, *, alpha: float) -> torch.Tensor:
     """Mix each patch's responsibilities with the mean of its valid neighbours.
 
     ``r' = (1 - alpha) * r + alpha * mean(r over the valid 3 x 3 neighbours,
-    excluding the patch itself)``, renormalised to sum to 1. A valid patch
-    with no valid neighbour keeps its own responsibilities.
+    excluding the patch itself)``. A valid patch with no valid neighbour
+    keeps its own responsibilities.
 
     Parameters
     ----------
@@ -137,25 +209,9 @@ def neighbour_blend(resp: torch.Tensor, valid: torch.Tensor, *, alpha: float) ->
     Tensor of float32, shape (K, patch_y, patch_x)
         Blended responsibilities; 0 on invalid patches.
     """
-    k, height, width = resp.shape
-    mask = valid.to(resp.dtype)
-    stacked = resp.new_zeros((k + 1, height + 2, width + 2))
-    stacked[:k, 1:-1, 1:-1] = resp * mask
-    stacked[k, 1:-1, 1:-1] = mask
-
-    # The 3 x 3 convolution with a ones kernel whose centre is 0, written as
-    # eight shifted slices: the summation order is the same in every chunk, so
-    # chunked and whole grids agree bit for bit.
-    sums = stacked[:, :height, :width] + stacked[:, :height, 1:width + 1]
-    for dy, dx in ((0, 2), (1, 0), (1, 2), (2, 0), (2, 1), (2, 2)):
-        sums += stacked[:, dy:dy + height, dx:dx + width]
-    neighbour_sum, count = sums[:k], sums[k]
-
-    # Per-patch weights of the patch itself and of its neighbours' sum. A
-    # patch with no valid neighbour keeps its own responsibilities.
-    own_weight = torch.where(count > 0, 1.0 - alpha, 1.0)
-    neighbour_weight = alpha / count.clamp(min=1.0)
-    return _renormalise(resp * own_weight + neighbour_sum * neighbour_weight, valid)
+    own, window = neighbour_weights(valid, alpha)
+    masked = (resp * valid.to(resp.dtype)).permute(1, 2, 0)
+    return blend_neighbours_last(masked, own, window).permute(2, 0, 1)
 
 
 def _renormalise(resp: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:

