@@ -78,6 +78,20 @@ def test_neighbour_blend_keeps_distributions(rng):
     assert float(out.min()) >= -1e-7
 
 
+def test_window_sums_of_convolution_and_slices_agree(rng):
+    from tree_seg.clustering.blend import _window_sum_3x3, _window_sum_slices
+
+    x = torch.as_tensor(rng.random((13, 17, 6)), dtype=torch.float32)
+
+    by_convolution = _window_sum_3x3(x)
+    by_slices = _window_sum_slices(x)
+
+    expected = F.pad(x.permute(2, 0, 1), (1, 1, 1, 1)).unfold(1, 3, 1).unfold(2, 3, 1).sum(dim=(-1, -2))
+    torch.testing.assert_close(by_convolution, expected.permute(1, 2, 0), atol=2e-6, rtol=0)
+    torch.testing.assert_close(by_slices, expected.permute(1, 2, 0), atol=2e-6, rtol=0)
+    assert float(by_slices[0, 0, 0]) == pytest.approx(float(x[:2, :2, 0].sum()), abs=1e-6)
+
+
 def test_neighbour_weights_corner_edge_and_isolated_patch():
     valid = torch.ones(3, 4, dtype=torch.bool)
     valid[2, 3] = False

@@ -153,9 +153,23 @@ def neighbour_weights(valid: torch.Tensor, alpha: float) -> tuple[torch.Tensor, 
 
 
 def _window_sum_3x3(x: torch.Tensor) -> torch.Tensor:
-    # Sum over the 3 x 3 window of the first two axes, with nothing outside:
-    # each cell adds its row neighbours, then its column neighbours, in the
-    # same order everywhere, so a chunk and the whole grid agree bit for bit.
+    # Sum over the 3 x 3 window of the first two axes of x (y, x, channel),
+    # with nothing outside the grid. Every cell's sum has the same terms in
+    # the same order wherever the grid is cut, so a chunk with a halo and the
+    # whole grid agree.
+    if x.device.type == "cpu":
+        # One depthwise convolution (oneDNN) on the channels-last view; in the
+        # EM loop it takes half the time of the shifted slices below. Not on
+        # CUDA, where cuDNN convolutions may round to TF32.
+        channels = x.shape[2]
+        ones = x.new_ones((channels, 1, 3, 3))
+        out = F.conv2d(x[None].permute(0, 3, 1, 2), ones, padding=1, groups=channels)
+        return out[0].permute(1, 2, 0).contiguous()
+    return _window_sum_slices(x)
+
+
+def _window_sum_slices(x: torch.Tensor) -> torch.Tensor:
+    # _window_sum_3x3 as shifted slices: row neighbours first, then columns.
     rows = x.clone()
     rows[:, 1:] += x[:, :-1]
     rows[:, :-1] += x[:, 1:]

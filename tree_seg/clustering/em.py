@@ -240,12 +240,14 @@ def nearest_margins(features: ArrayLike, select: ArrayLike, centroids: ArrayLike
     return _margins(_partial_distances(features_t, centroids_t), select_t)
 
 
-def _margins(partial: torch.Tensor, select: torch.Tensor) -> np.ndarray:
+def _margins(partial: torch.Tensor, select: torch.Tensor,
+             nearest: tuple[torch.Tensor, torch.Tensor] | None = None) -> np.ndarray:
     # Second-smallest minus smallest entry along the last axis, as a minimum
     # and a minimum with the first one masked, which is faster than topk.
-    nearest, index = partial.min(dim=-1, keepdim=True)
+    # nearest: partial.min(dim=-1, keepdim=True), if the caller has it.
+    values, index = partial.min(dim=-1, keepdim=True) if nearest is None else nearest
     runner_up = partial.scatter(-1, index, math.inf).amin(dim=-1)
-    return (runner_up - nearest[..., 0])[select].to(torch.float64).cpu().numpy()
+    return (runner_up - values[..., 0])[select].to(torch.float64).cpu().numpy()
 
 
 def tau_from_margins(margins: np.ndarray) -> float:
