@@ -242,9 +242,10 @@ def nearest_margins(features: ArrayLike, select: ArrayLike, centroids: ArrayLike
 
 def _margins(partial: torch.Tensor, select: torch.Tensor,
              nearest: tuple[torch.Tensor, torch.Tensor] | None = None) -> np.ndarray:
-    # Second-smallest minus smallest entry along the last axis, as a minimum
-    # and a minimum with the first one masked, which is faster than topk.
-    # nearest: partial.min(dim=-1, keepdim=True), if the caller has it.
+    # Returns the second-smallest minus the smallest entry along the last
+    # axis of the selected patches. Two minimums, the second with the first
+    # masked, run faster than topk. nearest is partial.min(dim=-1,
+    # keepdim=True) when the caller has computed it already.
     values, index = partial.min(dim=-1, keepdim=True) if nearest is None else nearest
     runner_up = partial.scatter(-1, index, math.inf).amin(dim=-1)
     return (runner_up - values[..., 0])[select].to(torch.float64).cpu().numpy()

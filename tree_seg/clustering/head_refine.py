@@ -139,9 +139,9 @@ class HeadRefineResult:
 def _e_step(features: torch.Tensor, valid: torch.Tensor, centroids: torch.Tensor, log_priors: torch.Tensor,
             tau: float, partial: torch.Tensor | None = None,
             check: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
-    # Returns the responsibilities, shape (patch_y, patch_x, K) and 0 on
-    # invalid patches, and, when check finds any, the mask of patches with
-    # finite values (None when all are finite or check is False).
+    # Returns the responsibilities, shape (patch_y, patch_x, K), 0 on invalid
+    # patches. The second value is the mask of patches with finite logits when
+    # check finds a non-finite one, and None otherwise.
     if partial is None:
         # log pi - (||mu||^2 - 2 x.mu) / tau as one product.
         bias = log_priors - (centroids * centroids).sum(dim=1) / tau
@@ -172,10 +172,9 @@ def _all_finite(x: torch.Tensor) -> bool:
 
 
 def _weighted_sums(weights: torch.Tensor, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    # weights.sum(0), shape (K,), and weights.T @ features, shape (K, D), for
-    # weights (n, K) and features (n, D), both in float64: one float32 sum
-    # and product per block of _M_STEP_BLOCK patches, batched, and the blocks
-    # added in float64.
+    # Returns weights.sum(0), shape (K,), and weights.T @ features, shape
+    # (K, D), for weights (n, K) and features (n, D). Each block of
+    # _M_STEP_BLOCK patches is summed in float32, and the blocks in float64.
     n, k = weights.shape
     dim = features.shape[1]
     blocks = n // _M_STEP_BLOCK
@@ -194,10 +193,10 @@ def _weighted_sums(weights: torch.Tensor, features: torch.Tensor) -> tuple[torch
 
 
 def _statistics(features: torch.Tensor, resp: torch.Tensor, used: torch.Tensor, halo: int) -> EMStats:
-    # M-step statistics of the interior patches. features (patch_y, patch_x,
-    # D) must be finite everywhere, because 0 * NaN is NaN; resp (patch_y,
-    # patch_x, K) is 0 wherever used is False. Whole rows of features are
-    # used, which keeps them contiguous, and the halo columns get weight 0.
+    # Sums the M-step statistics of the interior patches. features must be
+    # finite everywhere, because 0 * NaN is NaN, and resp must be 0 wherever
+    # used is False. Whole rows are read so that they stay contiguous, and
+    # the halo columns get weight 0.
     height, width, dim = features.shape
     rows = slice(halo, height - halo)
     weights = resp[rows]
@@ -314,14 +313,13 @@ def _em_chunk(features: torch.Tensor, valid: torch.Tensor, centroids: torch.Tens
               statistics: bool, responsibilities: bool = True, partial: torch.Tensor | None = None,
               weights: tuple[torch.Tensor, torch.Tensor] | None = None,
               check: bool = True) -> tuple[np.ndarray | None, EMStats | None]:
-    # em_chunk() after its checks and conversions. refine() calls it directly,
-    # with the neighbour-blend weights computed once and, after it has
-    # checked the features and replaced non-finite ones on invalid patches by
-    # zeros, mostly with check=False.
+    # em_chunk() after its checks and conversions. refine() calls it directly
+    # with the blend weights computed once. refine() has also checked the
+    # features already, so it passes check=False after the first E-step.
     height, width = valid.shape
     resp, finite = _e_step(features, valid, centroids, log_priors, tau, partial, check=check)
     if finite is not None and statistics:
-        # 0 * NaN is NaN: the statistics need finite features everywhere.
+        # The statistics need finite features everywhere, because 0 * NaN is NaN.
         features = features.masked_fill(~finite[..., None], 0.0)
 
     if guide_cells is not None:
@@ -508,7 +506,7 @@ def refine(
         if not bool(finite[valid_t].all()):
             raise InvalidInputError("features contain NaN or infinite values on valid patches: "
                                     "mask those patches as invalid")
-        # Zeros instead, once: the M-step weights them by 0, and 0 * NaN is NaN.
+        # The M-step gives these patches weight 0, and 0 * NaN is NaN.
         features_t = features_t.masked_fill(~finite[..., None], 0.0)
         partial = partial.masked_fill(~finite[..., None], 0.0)
     nearest = partial.min(dim=-1, keepdim=True)
@@ -531,9 +529,9 @@ def refine(
 
     def run_chunk(centroids_now: torch.Tensor, log_priors_now: torch.Tensor, statistics: bool,
                   partial_now: torch.Tensor | None = None) -> tuple[np.ndarray | None, EMStats | None]:
-        # The features are checked; the first E-step (the one given the
-        # distances) also checks that tau keeps the logits finite, which
-        # then holds for every later one, since centroids stay unit-length.
+        # The features are checked. Only the first E-step, which gets the
+        # distances, checks that tau keeps the logits finite. Centroids stay
+        # unit-length, so the later logits have the same bound.
         return _em_chunk(features_t, valid_t, centroids_now, log_priors_now, tau, config, halo=0, factor=factor,
                          guide_cells=guide_cells, statistics=statistics, responsibilities=not statistics,
                          partial=partial_now, weights=weights, check=partial_now is not None)
