@@ -174,6 +174,29 @@ def test_cli_unmatched_pattern_continues_batch(tmp_path):
     assert (tmp_path / "out" / "tcd_00000_image_head-refine_labels.tif").exists()
 
 
+def test_cli_missing_input_fails_before_backbone(tmp_path, monkeypatch):
+    import tree_seg.models
+
+    def no_backbone(*args, **kwargs):
+        raise AssertionError("the backbone must not load when no input exists")
+
+    monkeypatch.setattr(tree_seg.models, "load_backbone", no_backbone)
+    result = _invoke("segment", str(tmp_path / "missing.tif"), "-o", str(tmp_path / "out"))
+
+    assert result.exit_code == 1
+    assert f"failed  {tmp_path / 'missing.tif'}: file not found: check the path" in result.output
+    assert "0 of 1 inputs segmented, 1 failed" in result.output
+
+
+def test_cli_missing_input_counted_in_summary(tmp_path):
+    result = _invoke("segment", str(tmp_path / "missing.tif"), str(EXAMPLE), "-o", str(tmp_path / "out"),
+                     "--no-pictures", "--k", "3", "--backbone", "texture")
+
+    assert result.exit_code == 1
+    assert "1 of 2 inputs segmented, 1 failed" in result.output
+    assert (tmp_path / "out" / "tcd_00000_image_head-refine_labels.tif").exists()
+
+
 def test_cli_output_under_a_file_fails_before_work(tmp_path):
     blocker = tmp_path / "file.txt"
     blocker.write_text("not a folder")

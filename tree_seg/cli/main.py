@@ -54,8 +54,9 @@ def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]
     paths : list of Path
         Inputs in order, each file once.
     problems : list of (str, str)
-        Folders without rasters and patterns that match nothing, with the
-        reason; the batch reports them as failed inputs and goes on.
+        Missing files, folders without rasters and patterns that match
+        nothing, with the reason. The batch reports them as failed inputs,
+        before the backbone loads, and goes on.
     """
     paths: list[Path] = []
     problems: list[tuple[str, str]] = []
@@ -71,6 +72,8 @@ def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]
             if not found:
                 problems.append((item, "pattern matches no file"))
             paths.extend(found)
+        elif not path.exists():
+            problems.append((item, "file not found: check the path"))
         else:
             paths.append(path)
 
@@ -274,12 +277,16 @@ def segment(
     check_output_folder(outdir)
     for item, reason in problems:
         typer.echo(f"failed  {item}: {reason}", err=True)
+    if not paths:
+        _print_summary(len(problems), len(problems))
+        raise typer.Exit(code=1)
     dask_options = {"workers": workers, "chunk_size": chunk_size, "scheduler": scheduler, "feature_store": feature_store}
     if _use_dask(engine, paths, config, dask_options):
         failures = run_batch_dask(paths, outdir, config, show_metrics=metrics, pictures=pictures,
-                                  progress=progress and not quiet)
+                                  progress=progress and not quiet, failed_before=len(problems))
     else:
-        failures = run_batch(paths, outdir, config, show_metrics=metrics, pictures=pictures)
+        failures = run_batch(paths, outdir, config, show_metrics=metrics, pictures=pictures,
+                             failed_before=len(problems))
     if failures or problems:
         raise typer.Exit(code=1)
 
@@ -310,9 +317,13 @@ def _use_dask(engine: str, paths: list[Path], config: SegmentationConfig, dask_o
 
 
 def run_batch_dask(
-    paths: list[Path], outdir: Path, config: SegmentationConfig, *, show_metrics: bool, pictures: bool, progress: bool
+    paths: list[Path], outdir: Path, config: SegmentationConfig, *, show_metrics: bool, pictures: bool, progress: bool,
+    failed_before: int = 0,
 ) -> int:
-    """Segment each path with the Dask engine on one cluster; return the number of failures."""
+    """Segment each path with the Dask engine on one cluster; return the number of failures.
+
+    ``failed_before`` is counted in the summary line as in :func:`run_batch`.
+    """
     from tree_seg.engine import segment_many
 
     # Importing distributed installs its own INFO-level handler, so quieten it
@@ -330,8 +341,7 @@ def run_batch_dask(
         detail = f"K={item.result.k} -> {item.result.labels_path}" if item.status == "ok" else item.error
         typer.echo(f"{item.status:<7} {item.path}: {detail}")
     failed = sum(1 for item in items if item.status != "ok")
-    if len(items) > 1 or failed:
-        typer.echo(f"{len(items) - failed} of {len(items)} inputs segmented, {failed} failed")
+    _print_summary(len(items) + failed_before, failed + failed_before)
     return failed
 
 
@@ -344,9 +354,14 @@ def _engine_profile(result: Any) -> dict[str, Any]:
 
 
 def run_batch(
-    paths: list[Path], outdir: Path, config: SegmentationConfig, *, show_metrics: bool, pictures: bool = True
+    paths: list[Path], outdir: Path, config: SegmentationConfig, *, show_metrics: bool, pictures: bool = True,
+    failed_before: int = 0,
 ) -> int:
-    """Segment each path with one loaded backbone; return the number of failures."""
+    """Segment each path with one loaded backbone; return the number of failures.
+
+    ``failed_before`` counts inputs that failed before the batch (missing
+    files, empty folders) in the closing summary line.
+    """
     from tree_seg.core.segmentation import segment_to_files
     from tree_seg.models import load_backbone
 
@@ -373,9 +388,13 @@ def run_batch(
     for path_text, status, detail in rows:
         typer.echo(f"{status:<7} {path_text}: {detail}")
     failed = sum(1 for _, status, _ in rows if status != "ok")
-    if len(rows) > 1 or failed:
-        typer.echo(f"{len(rows) - failed} of {len(rows)} inputs segmented, {failed} failed")
+    _print_summary(len(rows) + failed_before, failed + failed_before)
     return failed
+
+
+def _print_summary(total: int, failed: int) -> None:
+    if total > 1 or failed:
+        typer.echo(f"{total - failed} of {total} inputs segmented, {failed} failed")
 
 
 def _shared_options(scope: dict[str, Any]) -> dict[str, Any]:
