@@ -210,3 +210,10 @@ def test_cli_elbow_threshold_out_of_range_names_value(tmp_path):
     result = _invoke("segment", str(EXAMPLE), "-o", str(tmp_path), "--elbow-threshold", "150")
     assert result.exit_code == 2
     assert "invalid --elbow-threshold 150" in " ".join(result.output.split())
+
+
+def test_cli_k_text_names_clusters_in_use():
+    from tree_seg.cli.main import _k_text
+
+    assert _k_text(6, 6) == "K=6"
+    assert _k_text(8, 5) == "K=8 (5 in use)"

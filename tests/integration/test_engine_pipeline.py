@@ -133,6 +133,15 @@ def test_engine_head_refine_matches_in_memory(head_refine_runs):
     assert differing == 0
 
 
+def test_engine_clusters_used_matches_in_memory(head_refine_runs):
+    result, expected = head_refine_runs
+    labels = read_labels(result.labels_path)
+
+    assert result.metadata["clusters_used"] == expected.clusters_used
+    assert result.metadata["clusters_used"] == np.unique(labels[labels != 255]).size
+    assert 2 <= expected.clusters_used <= result.k
+
+
 def test_engine_head_refine_centroids_match_refine(head_refine_runs):
     result, expected = head_refine_runs
     np.testing.assert_allclose(result.kmeans_centroids, expected.model.centroids, atol=1e-6)

@@ -338,7 +338,10 @@ def run_batch_dask(
             _print_stage_table(item.path.name, _engine_profile(item.result))
     typer.echo("\nengine: dask")
     for item in items:
-        detail = f"K={item.result.k} -> {item.result.labels_path}" if item.status == "ok" else item.error
+        if item.status == "ok":
+            detail = f"{_k_text(item.result.k, item.result.metadata['clusters_used'])} -> {item.result.labels_path}"
+        else:
+            detail = item.error
         typer.echo(f"{item.status:<7} {item.path}: {detail}")
     failed = sum(1 for item in items if item.status != "ok")
     _print_summary(len(items) + failed_before, failed + failed_before)
@@ -380,7 +383,8 @@ def run_batch(
             rows.append((str(path), "failed", str(error)))
             continue
         profile = run.profile.to_dict()
-        rows.append((str(path), "ok", f"K={run.model.k}, {profile['total_seconds']:.1f} s -> {files['labels']}"))
+        k_text = _k_text(run.model.k, run.clusters_used)
+        rows.append((str(path), "ok", f"{k_text}, {profile['total_seconds']:.1f} s -> {files['labels']}"))
         if show_metrics:
             _print_stage_table(path.name, profile)
 
@@ -390,6 +394,10 @@ def run_batch(
     failed = sum(1 for _, status, _ in rows if status != "ok")
     _print_summary(len(rows) + failed_before, failed + failed_before)
     return failed
+
+
+def _k_text(k: int, used: int) -> str:
+    return f"K={k}" if used == k else f"K={k} ({used} in use)"
 
 
 def _print_summary(total: int, failed: int) -> None:

@@ -331,11 +331,18 @@ class SegmentationRun:
     labels: np.ndarray
     profile: RunProfile
 
+    @property
+    def clusters_used(self) -> int:
+        """Number of clusters that own at least one pixel.
+
+        At most K, and fewer when refinement or snapping emptied a cluster.
+        """
+        return int(np.unique(self.labels[self.labels != NODATA_LABEL]).size)
+
     def metadata(self) -> dict[str, Any]:
         """Return the JSON-ready record of the run."""
         record = run_metadata(self.source, self.config, self.grid, self.model, self.refinement, self.profile)
-        # K counts fitted clusters; fewer may own a pixel after refinement.
-        record["clusters_used"] = int(np.unique(self.labels[self.labels != NODATA_LABEL]).size)
+        record["clusters_used"] = self.clusters_used
         return record
 
     def to_dataset(self, *, return_scores: bool = False) -> xr.Dataset:

@@ -406,10 +406,12 @@ def _segment(executor: Executor, source_path: Path, outdir: Path, config: Segmen
             if reason is not None:
                 outcome.fall_back(reason, patch_size=geometry.patch_size)
                 label_model = tasks.LabelModel(mode="fallback", kmeans_centroids=model.centroids)
-                passes.label_pass(executor, label_context, label_model)
+                summary = passes.label_pass(executor, label_context, label_model)
 
     record = _metadata(source, config, info, store, geometry, model, outcome, timer.seconds, computed=computed,
                        feature_dtype=feature_dtype, label_store=label_store.path)
+    # K counts fitted clusters; fewer may own a pixel after refinement.
+    record["clusters_used"] = int(np.count_nonzero(summary.pixels))
     written: dict[str, Path] = {"feature_store": store.path, "label_store": label_store.path}
     with timer.stage("write"):
         if pictures:
@@ -420,8 +422,8 @@ def _segment(executor: Executor, source_path: Path, outdir: Path, config: Segmen
         write_json_atomic(record, written["metadata"])
         written["labels"] = passes.write_label_geotiff(label_store, outputs.path("labels", "tif"), crs=source.crs,
                                                        transform=source.transform)
-    logger.info("Engine run on %s finished: K=%d, passes %s", source_path, model.k,
-                ", ".join(f"{name} {seconds:.1f} s" for name, seconds in timer.seconds.items()))
+    logger.info("Engine run on %s finished: K=%d, %d in use, passes %s", source_path, model.k,
+                record["clusters_used"], ", ".join(f"{name} {seconds:.1f} s" for name, seconds in timer.seconds.items()))
     final_centroids = model.centroids if label_model.mode != "head-refine" else label_model.centroids
     return EngineResult(labels_path=written["labels"], metadata_path=written["metadata"], feature_store=store.path,
                         label_store=label_store.path, k=model.k, elbow=model.elbow, timings=dict(timer.seconds),

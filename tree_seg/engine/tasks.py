@@ -18,7 +18,7 @@ import numpy as np
 from tree_seg.clustering.blend import blend_halo, cells_per_patch, prepare_guide
 from tree_seg.clustering.head_refine import EMStats, em_chunk
 from tree_seg.config import BackboneConfig, HeadRefineConfig, LabelConfig
-from tree_seg.core.labels import cell_span
+from tree_seg.core.labels import NODATA_LABEL, cell_span
 from tree_seg.core.snapping import slic_snap
 from tree_seg.engine import kernels
 from tree_seg.engine.feature_store import FeatureStore
@@ -305,16 +305,21 @@ class LabelSummary:
         Clusters that win a valid cell of the chunk (V2 only).
     finite : bool
         Whether every V2 responsibility of the chunk is finite.
+    pixels : ndarray of shape (cluster,), int64
+        Number of pixels of the chunk written with each label, after any
+        SLIC snapping.
     """
 
     used: np.ndarray
     finite: bool
+    pixels: np.ndarray
 
 
 def combine_summaries(*parts: LabelSummary) -> LabelSummary:
     """Combine label summaries of several chunks (union of clusters in use, all finite)."""
     used = np.logical_or.reduce([part.used for part in parts])
-    return LabelSummary(used=used, finite=all(part.finite for part in parts))
+    pixels = np.sum([part.pixels for part in parts], axis=0)
+    return LabelSummary(used=used, finite=all(part.finite for part in parts), pixels=pixels)
 
 
 @dataclass(frozen=True)
@@ -399,5 +404,7 @@ def label_chunk(context: LabelTaskContext, model: LabelModel, block: Block) -> L
 
     inner = (slice(block.rows.start - rows.start, block.rows.stop - rows.start),
              slice(block.cols.start - cols.start, block.cols.stop - cols.start))
-    context.em.labels.write_labels(block, np.ascontiguousarray(labels[inner]))
-    return LabelSummary(used=cells.used, finite=cells.finite)
+    written = np.ascontiguousarray(labels[inner])
+    context.em.labels.write_labels(block, written)
+    pixels = np.bincount(written[written != NODATA_LABEL].ravel(), minlength=model.k)[:model.k]
+    return LabelSummary(used=cells.used, finite=cells.finite, pixels=pixels.astype(np.int64))
