@@ -39,6 +39,7 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import torch
@@ -494,8 +495,8 @@ def refine(
     factor = cells_per_patch(config, patch_size)
     guide_cells = None
     if config.blend == "guided":
-        guide_cells = prepare_guide(guide, guide_valid, grid_shape=tuple(valid_t.shape), patch_size=patch_size,
-                                    config=config, device=device)
+        guide_cells = prepare_guide(guide, guide_valid, grid_shape=cast("tuple[int, int]", tuple(valid_t.shape)),
+                                    patch_size=patch_size, config=config, device=device)
     centroids_t = centroids_t / centroids_t.norm(dim=1, keepdim=True).clamp(min=1e-12)
 
     # One product serves the K-means labels, the tau margins, the input check
@@ -546,6 +547,8 @@ def refine(
     iterations_run = m_steps + 1
 
     responsibilities, _ = run_chunk(centroids_t, log_priors_t, False, partial if m_steps == 0 else None)
+    # Without statistics, run_chunk returns the responsibilities.
+    responsibilities = cast(np.ndarray, responsibilities)
     labels = labels_from_responsibilities(responsibilities)
     n_used = int(np.count_nonzero(np.bincount(labels[labels >= 0], minlength=k)))
     reason = None
@@ -574,7 +577,7 @@ def refine(
 
 
 def _iterate(
-    run_chunk: Callable[..., tuple[np.ndarray, EMStats | None]],
+    run_chunk: Callable[..., tuple[np.ndarray | None, EMStats | None]],
     centroids: torch.Tensor,
     log_priors: torch.Tensor,
     partial: torch.Tensor,

@@ -14,6 +14,8 @@ that the whole raster would.
 
 from __future__ import annotations
 
+from typing import Required, TypedDict
+
 import numpy as np
 
 __all__ = ["NODATA_LABEL", "cell_span", "upsample_labels", "upsample_scores"]
@@ -22,6 +24,18 @@ NODATA_LABEL = 255
 """Label value of nodata pixels in every label raster."""
 
 _ROW_BLOCK = 256
+
+
+class CellPlacement(TypedDict, total=False):
+    """Keyword arguments that place cells for :func:`upsample_labels` and :func:`upsample_scores`."""
+
+    cell_size: Required[int]
+    input_shape: Required[tuple[int, int]]
+    resampled_shape: Required[tuple[int, int]]
+    rows: slice | None
+    cols: slice | None
+    cell_origin: tuple[int, int]
+    grid_shape: tuple[int, int] | None
 
 
 def _cell_coordinates(pixels: slice, *, n_pixels: int, n_resampled: int, cell_size: int) -> np.ndarray:

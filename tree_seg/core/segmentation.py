@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import xarray as xr
@@ -31,7 +31,7 @@ from tree_seg.clustering.model import ClusterModel, fit_cluster_model
 from tree_seg.clustering.sampling import sample_fraction, sample_patches
 from tree_seg.config import SegmentationConfig
 from tree_seg.core.export import method_label, write_run_outputs
-from tree_seg.core.labels import NODATA_LABEL, upsample_labels, upsample_scores
+from tree_seg.core.labels import NODATA_LABEL, CellPlacement, upsample_labels, upsample_scores
 from tree_seg.core.profiling import RunProfile
 from tree_seg.core.snapping import slic_snap
 from tree_seg.core.versions import package_versions
@@ -153,7 +153,8 @@ def extract_features(
         )
         valid = patch_validity(model_valid, backbone.patch_size)
         flat = l2_normalize(features.reshape(-1, features.shape[-1]))
-        features = flat.reshape(features.shape)
+        # The numpy 2.4 stubs type reshape(shape) as 0-d when the shape has unknown length.
+        features = cast(np.ndarray, flat.reshape(features.shape))
 
     logger.info(
         "features: %d x %d patches of %d values, %d valid",
@@ -244,7 +245,8 @@ def label_pixels(
     """
     profile = profile or RunProfile()
     with profile.stage("labels"):
-        shapes = {"cell_size": cell_size, "input_shape": grid.input_shape, "resampled_shape": grid.resampled_shape}
+        shapes: CellPlacement = {"cell_size": cell_size, "input_shape": grid.input_shape,
+                                 "resampled_shape": grid.resampled_shape}
         if config.labels.upsampling == "nearest":
             pixels = upsample_labels(cell_labels, **shapes)
         else:

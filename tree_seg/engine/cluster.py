@@ -314,12 +314,13 @@ class Executor:
         ``combine(*parts)`` runs on the workers for a distributed client, so
         only the final result travels back.
         """
-        if self.client is None:
+        client = self.client
+        if client is None:
             return tree_reduce(self.map(func, blocks, *args, description=description), combine,
                                split_every=split_every)
 
         name = description.replace(" ", "-")
         futures = self._futures(self._delayed_tasks(func, blocks, args, name, gpu=False), description)
         root = tree_reduce(futures, combine, split_every=split_every,
-                           submit=lambda f, *group: self.client.submit(f, *group, pure=False))
+                           submit=lambda f, *group: client.submit(f, *group, pure=False))
         return root.result()

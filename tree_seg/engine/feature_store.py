@@ -36,7 +36,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import affine
 import numpy as np
@@ -293,7 +293,7 @@ class FeatureStore(ZarrArrays):
         digest = settings_hash(settings)
         if path.exists():
             group = _open_existing(path)
-            stored = dict(group.attrs)
+            stored: dict[str, Any] = dict(group.attrs)
             if stored.get("settings_sha256") != digest:
                 raise FeatureStoreMismatchError(_mismatch_message(path, stored.get("settings", {}), settings))
             stored_side = int(stored["chunk_side"])
@@ -302,7 +302,7 @@ class FeatureStore(ZarrArrays):
                             path, stored_side, chunk_side)
             store = cls(path, tuple(stored["patch_shape"]), int(stored["feature_dim"]), stored_side)
         else:
-            attrs = {
+            attrs: dict[str, Any] = {
                 "settings": settings,
                 "settings_sha256": digest,
                 "patch_shape": list(patch_shape),
@@ -312,7 +312,7 @@ class FeatureStore(ZarrArrays):
                 "transform": list(transform)[:6],
             }
             group = zarr.open_group(path, mode="w-", attributes=attrs, zarr_format=3)
-            store = cls(path, tuple(patch_shape), int(feature_dim), int(chunk_side))
+            store = cls(path, cast("tuple[int, int]", tuple(patch_shape)), int(feature_dim), int(chunk_side))
             logger.info("Created feature store %s: %d x %d patches of %d values in chunks of %d patches",
                         path, patch_shape[0], patch_shape[1], feature_dim, chunk_side)
         store._ensure_arrays(group, settings["feature_dtype"], crs_wkt, transform)

@@ -20,7 +20,7 @@ from tree_seg.clustering.head_refine import em_chunk, labels_from_responsibiliti
 from tree_seg.clustering.kmeans import assign, l2_normalize
 from tree_seg.clustering.sampling import sample_patches
 from tree_seg.config import HeadRefineConfig
-from tree_seg.core.labels import NODATA_LABEL, upsample_labels, upsample_scores
+from tree_seg.core.labels import NODATA_LABEL, CellPlacement, upsample_labels, upsample_scores
 from tree_seg.engine.layout import HaloSlice
 from tree_seg.exceptions import InvalidInputError
 from tree_seg.features.extract import reflect_index
@@ -304,6 +304,7 @@ def v2_cells(
     """
     responsibilities, _ = em_chunk(features, valid, centroids, log_priors, tau, config, halo=depth,
                                    patch_size=patch_size, guide=guide, statistics=False, device="cpu")
+    assert responsibilities is not None  # em_chunk returns them unless responsibilities=False.
     factor = responsibilities.shape[1] // kmeans_labels.shape[0]
     labels = labels_from_responsibilities(responsibilities)
     used = np.zeros(centroids.shape[0], dtype=bool)
@@ -365,8 +366,9 @@ def pixel_labels(
     ndarray of shape (len(rows), len(cols)), uint8
         Labels 0..K-1, 255 on nodata pixels.
     """
-    place = {"cell_size": cells.cell_size, "input_shape": input_shape, "resampled_shape": resampled_shape,
-             "rows": rows, "cols": cols, "cell_origin": cells.origin, "grid_shape": grid_shape}
+    place: CellPlacement = {"cell_size": cells.cell_size, "input_shape": input_shape,
+                            "resampled_shape": resampled_shape, "rows": rows, "cols": cols,
+                            "cell_origin": cells.origin, "grid_shape": grid_shape}
     if upsampling == "nearest":
         pixels = upsample_labels(cells.labels, **place)
     else:

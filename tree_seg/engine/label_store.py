@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import affine
 import numpy as np
@@ -69,7 +69,7 @@ class LabelStore(ZarrArrays):
         labels.attrs.update({"grid_mapping": "spatial_ref", "_FillValue": NODATA_LABEL, "long_name": "cluster label"})
         write_georeference(group, crs_wkt=crs_wkt, transform=transform, shape=shape)
         logger.info("Created label store %s: %d x %d pixels in chunks of %d", path, shape[0], shape[1], chunk_size)
-        return cls(path, tuple(shape), int(chunk_size))
+        return cls(path, cast("tuple[int, int]", tuple(shape)), int(chunk_size))
 
     def write_labels(self, block: Block, labels: np.ndarray) -> None:
         """Write one chunk of pixel labels."""

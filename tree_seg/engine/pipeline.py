@@ -424,7 +424,11 @@ def _segment(executor: Executor, source_path: Path, outdir: Path, config: Segmen
                                                        transform=source.transform)
     logger.info("Engine run on %s finished: K=%d, %d in use, passes %s", source_path, model.k,
                 record["clusters_used"], ", ".join(f"{name} {seconds:.1f} s" for name, seconds in timer.seconds.items()))
-    final_centroids = model.centroids if label_model.mode != "head-refine" else label_model.centroids
+    final_centroids = model.centroids
+    if label_model.mode == "head-refine":
+        # A head-refine label model is built from the outcome's centroids.
+        assert label_model.centroids is not None
+        final_centroids = label_model.centroids
     return EngineResult(labels_path=written["labels"], metadata_path=written["metadata"], feature_store=store.path,
                         label_store=label_store.path, k=model.k, elbow=model.elbow, timings=dict(timer.seconds),
                         metadata=record, kmeans_centroids=model.centroids, centroids=final_centroids, outputs=written)

@@ -25,6 +25,7 @@ from tree_seg.engine.feature_store import FeatureStore
 from tree_seg.engine.label_store import LabelStore
 from tree_seg.engine.layout import Block, halo_slices
 from tree_seg.engine.worker import get_backbone
+from tree_seg.exceptions import InvalidInputError
 from tree_seg.features.extract import extract_patch_features, patch_validity
 from tree_seg.features.grid import WindowGrid
 from tree_seg.features.resample import input_span, resample_image, resample_mask
@@ -266,6 +267,7 @@ def em_step_chunk(context: EMTaskContext, centroids: np.ndarray, log_priors: np.
     guide = _guide_block(context, block.rows, block.cols, depth)
     _, stats = em_chunk(features, valid, centroids, log_priors, context.tau, context.head_refine, halo=depth,
                         patch_size=context.patch_size, guide=guide, responsibilities=False, device="cpu")
+    assert stats is not None  # em_chunk sums the statistics unless statistics=False.
     return stats
 
 
@@ -374,6 +376,9 @@ def _cells(context: LabelTaskContext, model: LabelModel, rows: slice, cols: slic
     features_halo, valid_halo = em.store.read_with_halo(patch_rows, patch_cols, depth)
     inner = features_halo[depth:features_halo.shape[0] - depth, depth:features_halo.shape[1] - depth]
     kmeans_labels, _ = kernels.kmeans_cells(inner, model.kmeans_centroids)
+    if model.centroids is None or model.log_priors is None:
+        raise InvalidInputError("LabelModel(mode='head-refine') is missing centroids or log_priors: "
+                                "pass the final V2 centroids and log priors")
     guide = _guide_block(em, patch_rows, patch_cols, depth)
     cells = kernels.v2_cells(features_halo, valid_halo, kmeans_labels, guide=guide, centroids=model.centroids,
                              log_priors=model.log_priors, tau=em.tau, config=em.head_refine, depth=depth,

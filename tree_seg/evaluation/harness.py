@@ -214,9 +214,10 @@ def evaluate_dataset(
         image_records, label_maps, image, truth = _evaluate_image(pair, config, variants, backbone, n_classes)
         for name, record in image_records.items():
             records[name].append(record)
-            scores[name].append(ImageScores(**{
+            fields: dict[str, Any] = {
                 key: tuple(value) if isinstance(value, list) else value for key, value in record["scores"].items()
-            }))
+            }
+            scores[name].append(ImageScores(**fields))
         if pictures:
             from tree_seg.visualization.comparison import plot_comparison
 

@@ -339,6 +339,9 @@ def valid_mask(
     nodata = nan_mask(raw)
 
     if rule.kind in ("tag", "value", "collar"):
+        if rule.value is None:
+            raise InvalidInputError(f"NodataRule of kind {rule.kind!r} is missing its value: set value to the "
+                                    "nodata value in raw input units")
         matches = value_mask(raw, rule.value, tolerance=rule.tolerance)
         if clean:
             cleaned = clean_collar(matches, buffer=rule.buffer, opening_radius=OPENING_RADIUS)

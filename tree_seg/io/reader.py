@@ -405,12 +405,15 @@ def _open_file(path: Path, config: ReadConfig, chunks: int | dict | None) -> Ras
                 full = rioxarray.open_rasterio(path, chunks=_chunk_spec(chunks), masked=False)
     except RasterioIOError as error:
         raise InvalidInputError(f"failed to read raster {path}: {error}") from error
+    if not isinstance(full, xr.DataArray):
+        raise InvalidInputError(f"rioxarray opens {path} as a {type(full).__name__}, not one DataArray of bands: "
+                                "pass a file with a single raster, such as a GeoTIFF")
 
     data = full.sel(band=list(band_indices))
     alpha = full.sel(band=alpha_band) if alpha_band is not None else None
     sample, sample_alpha = _read_decimated(data, path, band_indices, alpha_band, max_side=SAMPLE_MAX_SIDE,
                                            georeferenced=crs is not None)
-    if sample_alpha is not None:
+    if sample_alpha is not None and alpha_band is not None:
         _log_unlikely_alpha(sample_alpha, path, alpha_band)
     rule = choose_nodata_rule(config, tag=tag, alpha_band=alpha_band, sample=sample, border=border)
 

@@ -18,7 +18,7 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import huggingface_hub
 import numpy as np
@@ -72,6 +72,11 @@ def _find_folder(spec: BackboneSpec, weights: Path | None) -> Path:
                 f"and model.safetensors, or omit --weights to use the Hugging Face cache"
             )
         return folder
+    if spec.hf_repo is None:
+        raise ConfigurationError(
+            f"backbone {spec.name} has no Hugging Face repository: pass --weights DIR with config.json "
+            "and model.safetensors"
+        )
 
     try:
         snapshot = huggingface_hub.snapshot_download(spec.hf_repo, local_files_only=True)
@@ -319,14 +324,16 @@ class HFBackbone(Backbone):
         # model names. The tensor check above has already ensured that every
         # tensor is present with the right shape, and the loading report is
         # checked again so that no parameter is left randomly initialised.
-        model, report = model_class.from_pretrained(
+        # transformers 5.25 annotates from_pretrained as returning the model, but
+        # output_loading_info=True makes it return (model, loading_info).
+        model, report = cast("tuple[PreTrainedModel, dict[str, Any]]", model_class.from_pretrained(
             folder,
             config=config,
             dtype=torch.float32,
             local_files_only=True,
             output_loading_info=True,
             ignore_mismatched_sizes=True,
-        )
+        ))
         for kind in ("missing_keys", "unexpected_keys", "mismatched_keys"):
             entries = sorted(report.get(kind) or [], key=str)
             if entries:

@@ -191,12 +191,12 @@ def plot_elbow(
     title : str, optional
     """
     ks = list(ks)
-    inertias = np.asarray(inertias, dtype=np.float64)
+    values = np.asarray(inertias, dtype=np.float64)
     drops = np.full(len(ks), np.nan)
-    drops[1:] = (inertias[:-1] - inertias[1:]) / np.where(inertias[:-1] > 0, inertias[:-1], np.nan)
+    drops[1:] = (values[:-1] - values[1:]) / np.where(values[:-1] > 0, values[:-1], np.nan)
 
     figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    left.plot(ks, inertias, marker="o")
+    left.plot(ks, values, marker="o")
     left.axvline(chosen_k, color="tab:red", linestyle="--", label=f"chosen K = {chosen_k}")
     left.set_xlabel("K")
     left.set_ylabel("inertia")
