@@ -16,7 +16,8 @@ SHARED_DIR = Path(os.environ.get("TREE_SEG_SHARED", Path(__file__).resolve().par
 
 def _require(path: Path) -> Path:
     if not path.exists():
-        pytest.skip(f"{path} is absent: these tests need the shared data folder next to the project")
+        pytest.skip(f"{path} is absent: these tests need the shared data folder next to the project, "
+                    "or its path in TREE_SEG_SHARED")
     return path
 
 

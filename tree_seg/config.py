@@ -188,7 +188,8 @@ class WindowConfig:
         _check_int("overlap", self.overlap, low=0)
         if self.overlap >= self.window:
             raise ConfigurationError(
-                f"invalid overlap={self.overlap}: it must be smaller than window={self.window}"
+                f"invalid overlap={self.overlap} for window={self.window}: the overlap must be smaller than the "
+                "window; set a smaller --overlap (a quarter of the window is typical)"
             )
         if isinstance(self.scale, str):
             _check_choice("scale", self.scale, ("auto",))

@@ -217,3 +217,75 @@ def test_cli_k_text_names_clusters_in_use():
 
     assert _k_text(6, 6) == "K=6"
     assert _k_text(8, 5) == "K=8 (5 in use)"
+
+
+def test_cli_non_raster_fails_before_backbone(tmp_path, monkeypatch):
+    import tree_seg.models
+
+    def no_backbone(*args, **kwargs):
+        raise AssertionError("the backbone must not load when no input is readable")
+
+    monkeypatch.setattr(tree_seg.models, "load_backbone", no_backbone)
+    fake = tmp_path / "notes.tif"
+    fake.write_text("not a raster")
+
+    result = _invoke("segment", str(fake), "-o", str(tmp_path / "out"))
+
+    assert result.exit_code == 1
+    assert f"failed  {fake}: not a readable raster" in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_band_beyond_count_fails_before_backbone(tmp_path):
+    result = _invoke("segment", str(EXAMPLE), "-o", str(tmp_path / "out"), "--bands", "1,2,7")
+
+    assert result.exit_code == 1
+    assert "--bands asks for band 7 but the raster has 3 bands: use indices in 1..3" in result.output
+
+
+def test_cli_version_prints_package_version():
+    from tree_seg import __version__
+
+    result = _invoke("--version")
+
+    assert result.exit_code == 0
+    assert result.output.strip() == f"tree-seg {__version__}"
+
+
+@pytest.mark.filterwarnings("ignore::tree_seg.exceptions.ElbowRangeWarning")
+def test_cli_elbow_threshold_below_one_percent_warns(tmp_path, caplog):
+    result = _invoke("segment", str(EXAMPLE), "-o", str(tmp_path), "--no-pictures", "--backbone", "texture",
+                     "--elbow-threshold", "0.05", "--k-range", "2:4", "--model", "kmeans")
+
+    assert result.exit_code == 0, result.output
+    assert "--elbow-threshold 0.05 is in percent, i.e. a 0.05% drop; for a 5% threshold pass 5" in caplog.text
+
+
+def test_cli_sigterm_leaves_no_temporary_files(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import rasterio
+    from rasterio.transform import from_origin
+
+    raster = tmp_path / "big.tif"
+    rng = np.random.default_rng(0)
+    with rasterio.open(raster, "w", driver="GTiff", height=1536, width=1536, count=3, dtype="uint8",
+                       crs="EPSG:32633", transform=from_origin(500000, 6000000, 0.2, 0.2)) as dst:
+        dst.write(rng.integers(0, 255, size=(3, 1536, 1536), dtype=np.uint8))
+    out = tmp_path / "out"
+    command = [sys.executable, "-c", "from tree_seg.cli.main import main; main()", "segment", str(raster),
+               "-o", str(out), "--backbone", "texture", "--engine", "memory", "-q"]
+
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(4.0)
+    process.send_signal(signal.SIGTERM)
+    code = process.wait(timeout=120)
+
+    leftovers = sorted(path.name for path in out.glob(".*")) if out.exists() else []
+    assert code in (0, 128 + signal.SIGTERM)
+    assert leftovers == []
+    if code != 0:
+        assert not (out / "big_head-refine_labels.tif").exists()

@@ -468,3 +468,11 @@ def test_refine_converges_early(rng):
     np.testing.assert_allclose(np.linalg.norm(result.centroids, axis=1), 1.0, atol=1e-6)
     np.testing.assert_allclose(result.priors.sum(), 1.0, rtol=1e-6)
     assert result.tau > 0
+
+
+def test_describe_convergence_names_each_case():
+    from tree_seg.clustering.head_refine import describe_convergence
+
+    assert describe_convergence(0, False) == "no M-step"
+    assert describe_convergence(2, True) == "converged"
+    assert describe_convergence(4, False) == "not converged after 4 M-steps"

@@ -112,3 +112,20 @@ def test_assign_patches_marks_invalid(rng):
     assert np.isnan(sq_distances[0, 0])
     expected, _ = assign(features[valid], centroids)
     np.testing.assert_array_equal(labels[valid], expected)
+
+
+def test_cluster_model_one_patch_says_input_too_small():
+    from tree_seg.clustering.model import fit_cluster_model
+    from tree_seg.config import ClusterConfig
+
+    with pytest.raises(InvalidInputError, match=r"only 1 valid patch\(es\): clustering needs at least 2"):
+        fit_cluster_model(np.ones((1, 4), dtype=np.float32), 1, ClusterConfig())
+
+
+def test_cluster_model_fewer_patches_than_k_names_k():
+    from tree_seg.clustering.model import fit_cluster_model
+    from tree_seg.config import ClusterConfig
+
+    sample = np.eye(4, dtype=np.float32)
+    with pytest.raises(InvalidInputError, match="only 4 valid patches for K=6: use a smaller --k"):
+        fit_cluster_model(sample, 4, ClusterConfig(k=6))

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import logging
+import os
+import signal
+import sys
 import tempfile
 import warnings
-import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -15,7 +19,7 @@ import typer
 from tree_seg.cli import params as p
 from tree_seg.cli.options import build_config, parse_bands, parse_k_range, parse_nodata, parse_scale, parse_tau
 from tree_seg.config import SegmentationConfig, profile_names
-from tree_seg.exceptions import ConfigurationError, TreeSegError
+from tree_seg.exceptions import ConfigurationError, RefinementFallbackWarning, TreeSegError
 
 app = typer.Typer(
     name="tree-seg",
@@ -28,7 +32,42 @@ app = typer.Typer(
 
 logger = logging.getLogger("tree_seg.cli")
 
+# Name of the input being segmented, shown in front of every log line and
+# warning of a batch so that each can be traced to its file.
+_current_input: str | None = None
+
+
+def _tag_input(record: logging.LogRecord) -> bool:
+    record.input_tag = f"[{_current_input}] " if _current_input else ""
+    return True
+
+
+@contextlib.contextmanager
+def _logging_input(path: Path) -> Iterator[None]:
+    global _current_input
+    _current_input = path.name
+    try:
+        yield
+    finally:
+        _current_input = None
+
 RASTER_SUFFIXES = {".tif", ".tiff", ".vrt", ".png", ".jpg", ".jpeg", ".jp2", ".img"}
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from tree_seg import __version__
+
+        typer.echo(f"tree-seg {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", help="Show the version and exit.", callback=_print_version,
+                                          is_eager=True)] = False,
+) -> None:
+    """Unsupervised segmentation of trees and vegetation in aerial orthomosaics."""
 
 
 def _setup_logging(verbose: int, quiet: bool) -> None:
@@ -37,8 +76,18 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
         level = logging.WARNING
     elif verbose >= 1:
         level = logging.DEBUG
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if quiet:
+        # Read by huggingface_hub and transformers when they are imported,
+        # which happens later, when the backbone loads.
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(input_tag)s%(message)s",
+                        stream=sys.stderr)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_tag_input)
     logging.captureWarnings(True)
+    # The library both logs and warns about a fallback, so the warning is
+    # muted here to print it once.
+    warnings.filterwarnings("ignore", category=RefinementFallbackWarning)
     # Log warnings as "Category: message", without the source line that
     # Python's default format appends.
     warnings.formatwarning = lambda message, category, *args, **kwargs: f"{category.__name__}: {message}"
@@ -161,6 +210,11 @@ def _config_from_options(
     threshold = o.get("elbow_threshold")
     if threshold is not None and not 0.0 < threshold < 100.0:
         raise typer.BadParameter(f"invalid --elbow-threshold {threshold:g}: give a percentage between 0 and 100, e.g. 5")
+    if threshold is not None and threshold < 1.0:
+        # The metadata stores the threshold as a fraction (0.05 for 5%), so a
+        # value copied from it would be 100 times too small here.
+        logger.warning("--elbow-threshold %g is in percent, i.e. a %g%% drop; for a 5%% threshold pass 5",
+                       threshold, threshold)
     tau = o.get("tau")
 
     config = build_config(
@@ -273,13 +327,15 @@ def segment(
     _check_v2_options(config.method, {"tau": tau, "alpha": alpha, "iterations": iterations, "blend": blend})
 
     paths, problems = expand_inputs(inputs)
+    paths, unreadable = check_rasters(paths, config.read.bands)
+    problems += unreadable
     check_output_names(paths)
-    check_output_folder(outdir)
     for item, reason in problems:
         typer.echo(f"failed  {item}: {reason}", err=True)
     if not paths:
         _print_summary(len(problems), len(problems))
         raise typer.Exit(code=1)
+    check_output_folder(outdir)
     dask_options = {"workers": workers, "chunk_size": chunk_size, "scheduler": scheduler, "feature_store": feature_store}
     if _use_dask(engine, paths, config, dask_options):
         failures = run_batch_dask(paths, outdir, config, show_metrics=metrics, pictures=pictures,
@@ -289,6 +345,38 @@ def segment(
                              failed_before=len(problems))
     if failures or problems:
         raise typer.Exit(code=1)
+
+
+def check_rasters(paths: list[Path], bands: tuple[int, ...] | None) -> tuple[list[Path], list[tuple[str, str]]]:
+    """Open each input's header and keep those that are readable rasters with the requested bands.
+
+    This reads no pixels, so a bad input fails in milliseconds instead of
+    after the backbone has loaded.
+
+    Returns
+    -------
+    paths : list of Path
+        The inputs that passed.
+    problems : list of (str, str)
+        The others, with the reason.
+    """
+    import rasterio
+
+    readable: list[Path] = []
+    problems: list[tuple[str, str]] = []
+    for path in paths:
+        try:
+            with rasterio.open(path) as src:
+                count = src.count
+        except (rasterio.errors.RasterioIOError, OSError) as error:
+            problems.append((str(path), f"not a readable raster ({error}): check the file"))
+            continue
+        if bands and max(bands) > count:
+            problems.append((str(path), f"--bands asks for band {max(bands)} but the raster has {count} bands: "
+                                        f"use indices in 1..{count}"))
+            continue
+        readable.append(path)
+    return readable, problems
 
 
 def _raster_shape(path: Path) -> tuple[int, int] | None:
@@ -377,7 +465,8 @@ def run_batch(
     rows: list[tuple[str, str, str]] = []
     for path in paths:
         try:
-            run, files = segment_to_files(path, outdir, config, backbone=backbone, pictures=pictures)
+            with _logging_input(path):
+                run, files = segment_to_files(path, outdir, config, backbone=backbone, pictures=pictures)
         except (TreeSegError, OSError) as error:
             logger.error("failed on %s: %s", path, error)
             rows.append((str(path), "failed", str(error)))
@@ -507,7 +596,7 @@ def sweep(
     source: Annotated[Path, typer.Argument(help="Raster to sweep on.", show_default=False)],
     outdir: Annotated[Path, typer.Option("--output", "-o", help="Output folder for sweep.csv and sweep.json.")],
     taus: Annotated[str, typer.Option("--taus", help="Comma-separated tau values (> 0, or auto).")] = "auto,0.05,0.1,0.2",
-    alphas: Annotated[str, typer.Option("--alphas", help="Comma-separated alpha values in [0, 1].")] = "0,0.25,0.5,0.75",
+    alphas: Annotated[str, typer.Option("--alphas", help="Comma-separated alpha values in [0, 1].")] = "0,0.5,1",
     mask: Annotated[Path | None, typer.Option(help="Ground-truth mask on the raster's grid; adds mIoU and boundary F columns.", show_default=False)] = None,
     backbone: p.BackboneOption = None,
     weights: p.WeightsOption = None,
@@ -567,8 +656,15 @@ def profiles() -> None:
             typer.echo(f"  {section}: {values}")
 
 
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    # SystemExit unwinds the stack, so the writers remove their temporary
+    # files. The default SIGTERM action would leave them behind.
+    raise SystemExit(128 + signum)
+
+
 def main() -> None:
     """Run the command line."""
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     app()
 
 

@@ -78,6 +78,7 @@ __all__ = [
     "EMStats",
     "HeadRefineResult",
     "aggregate",
+    "describe_convergence",
     "em_chunk",
     "labels_from_responsibilities",
     "log_priors_from_mass",
@@ -345,6 +346,13 @@ def _em_chunk(features: torch.Tensor, valid: torch.Tensor, centroids: torch.Tens
     return out, stats
 
 
+def describe_convergence(m_steps: int, converged: bool) -> str:
+    """Return "no M-step", "converged" or "not converged after N M-steps", for logs."""
+    if m_steps == 0:
+        return "no M-step"
+    return "converged" if converged else f"not converged after {m_steps} M-steps"
+
+
 def labels_from_responsibilities(responsibilities: np.ndarray) -> np.ndarray:
     """Return the argmax cluster per cell, -1 where all responsibilities are 0.
 
@@ -560,8 +568,8 @@ def refine(
         return _fall_back(reason, labels_km, centroids_t.cpu().numpy(), patch_size=patch_size, tau=tau,
                           iterations_run=iterations_run)
 
-    logger.info("head refinement finished: %d iterations, converged=%s, %d of %d clusters in use, %.2f s",
-                iterations_run, converged, n_used, k, time.perf_counter() - start)
+    logger.info("head refinement finished: %d E-steps (%s), %d of %d clusters in use, %.2f s",
+                iterations_run, describe_convergence(m_steps, converged), n_used, k, time.perf_counter() - start)
     return HeadRefineResult(
         labels=labels,
         responsibilities=responsibilities,

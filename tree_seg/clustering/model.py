@@ -76,10 +76,13 @@ def fit_cluster_model(sample: np.ndarray, n_valid: int, cluster: ClusterConfig) 
         If there are fewer valid patches than clusters.
     """
     k_needed = cluster.k if cluster.k is not None else cluster.k_min
-    if n_valid < max(k_needed, 2) or sample.shape[0] < 2:
+    if n_valid < 2 or sample.shape[0] < 2:
         raise InvalidInputError(
-            f"only {n_valid} valid patches for K={k_needed}: use a smaller --k or a larger input"
+            f"only {n_valid} valid patch(es): clustering needs at least 2; use a larger input, or a larger "
+            "--scale (or a finer --target-resolution) so that it spans more patches"
         )
+    if n_valid < k_needed:
+        raise InvalidInputError(f"only {n_valid} valid patches for K={k_needed}: use a smaller --k or a larger input")
 
     elbow: dict[str, Any] | None = None
     if cluster.k is None:

@@ -25,6 +25,7 @@ from tree_seg.clustering.blend import cells_per_patch
 from tree_seg.clustering.head_refine import (
     EMStats,
     aggregate,
+    describe_convergence,
     log_priors_from_mass,
     nearest_margins,
     tau_from_margins,
@@ -255,7 +256,7 @@ def head_refine_pass(
 
     outcome.iterations_run = m_steps + 1
     outcome.priors = np.exp(outcome.log_priors).astype(np.float32)
-    logger.info("head refinement EM finished: %d M-steps, converged=%s, %.2f s", m_steps, outcome.converged,
+    logger.info("head refinement EM finished: %s, %.2f s", describe_convergence(m_steps, outcome.converged),
                 time.perf_counter() - started)
     return outcome, context
 
