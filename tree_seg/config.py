@@ -498,5 +498,5 @@ def load_profile(name: str, path: Path | None = None) -> dict[str, Any]:
     """
     profiles = _read_profiles(path)
     if name not in profiles:
-        raise ConfigurationError(f"unknown profile {name!r}: expected one of {sorted(profiles)}")
+        raise ConfigurationError(f"unknown profile {name!r}: expected one of {', '.join(sorted(profiles))}")
     return dict(profiles[name])

@@ -289,3 +289,17 @@ def test_cli_sigterm_leaves_no_temporary_files(tmp_path):
     assert leftovers == []
     if code != 0:
         assert not (out / "big_head-refine_labels.tif").exists()
+
+
+def test_cli_unknown_backbone_lists_auto(tmp_path):
+    result = _invoke("segment", str(EXAMPLE), "-o", str(tmp_path), "--backbone", "resnet50")
+
+    assert result.exit_code == 2
+    assert "unknown backbone 'resnet50': expected one of auto, texture, dinov3_vits16" in " ".join(result.output.split())
+
+
+def test_cli_sweep_bad_tau_names_taus(tmp_path):
+    result = _invoke("sweep", str(EXAMPLE), "-o", str(tmp_path), "--taus", "auto,0")
+
+    assert result.exit_code == 2
+    assert "invalid --taus value '0': tau must be > 0" in " ".join(result.output.split())

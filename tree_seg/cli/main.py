@@ -262,10 +262,12 @@ def _config_from_options(
 def _check_window_early(config: SegmentationConfig) -> None:
     """Check window and overlap against the backbone's patch size before any model loads."""
     from tree_seg.features.grid import check_patch_multiple
-    from tree_seg.models.registry import resolve_backbone
+    from tree_seg.models.registry import resolve_backbone, valid_backbone_names
 
     # "auto" resolves to DINOv3 ViT-S/16 or the texture backbone, both 16 px.
     name = config.backbone.name
+    if name.strip().lower() not in valid_backbone_names():
+        raise typer.BadParameter(f"unknown backbone {name!r}: expected one of {', '.join(valid_backbone_names())}")
     try:
         patch_size = 16 if name == "auto" else resolve_backbone(name).patch_size
         check_patch_multiple("window", config.window.window, patch_size)
@@ -581,6 +583,13 @@ def _parse_list(text: str, parse: Any, option: str) -> list[Any]:
     return [parse(value) for value in values]
 
 
+def _parse_sweep_tau(text: str) -> float | str:
+    try:
+        return parse_tau(text)
+    except typer.BadParameter as error:
+        raise typer.BadParameter(str(error).replace("invalid --tau", "invalid --taus value", 1)) from None
+
+
 def _parse_alpha(text: str) -> float:
     try:
         value = float(text)
@@ -626,7 +635,7 @@ def sweep(
     from tree_seg.evaluation.sweep import sweep_head_refine
 
     _setup_logging(verbose, quiet)
-    tau_values = _parse_list(taus, parse_tau, "--taus")
+    tau_values = _parse_list(taus, _parse_sweep_tau, "--taus")
     alpha_values = _parse_list(alphas, _parse_alpha, "--alphas")
     config = _config_from_options(method="head-refine", profile=profile, profiles_file=profiles_file,
                                   options=_shared_options(locals()))
