@@ -25,7 +25,8 @@ def test_notebook_quickstart_cells_run(monkeypatch):
         for cell in cells:
             if cell["cell_type"] == "code":
                 exec("".join(cell["source"]), namespace)  # noqa: S102
-    v2 = namespace["v2"]
-    assert v2.responsibilities.dims == ("cluster", "cell_y", "cell_x")
+    v2, scores = namespace["v2"], namespace["scores"]
+    assert scores.dims == ("cluster", "y", "x")
+    assert scores.rio.crs == v2.rio.crs
     assert v2.labels.shape == (2048, 2048)
     assert v2.attrs["k"] == 6

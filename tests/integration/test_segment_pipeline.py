@@ -12,7 +12,7 @@ from rasterio.crs import CRS
 
 from tree_seg import SegmentationConfig, segment, segment_to_files
 from tree_seg.config import BackboneConfig, ClusterConfig, WindowConfig
-from tree_seg.exceptions import ElbowRangeWarning
+from tree_seg.exceptions import ConfigurationError, ElbowRangeWarning
 
 TEXTURE = SegmentationConfig(
     method="kmeans", backbone=BackboneConfig(name="texture"), cluster=ClusterConfig(k=3), window=WindowConfig(scale=1.0)
@@ -96,16 +96,101 @@ def test_segment_marks_nodata_pixels_255(tmp_path):
     assert (labels[70:, 70:] != 255).all()
 
 
+def _assert_transform_close(actual, expected):
+    # A micrometre, well below any pixel size and above float64 rounding at 5e6 m.
+    np.testing.assert_allclose(tuple(actual), tuple(expected), rtol=0, atol=1e-6)
+
+
 def test_segment_head_refine_returns_responsibilities(tmp_path):
     path = _write_raster(tmp_path / "raster.tif", 160, 160)
     config = TEXTURE.with_updates({"method": "head-refine", "head_refine": {"blend": "neighbour"}})
-    result = segment(path, config, return_scores=True)
-    resp = result.responsibilities
-    assert resp.dims == ("cluster", "cell_y", "cell_x")
+    result, resp = segment(path, config, return_scores=True)
+    assert resp.dims == ("cluster", "y", "x")
     assert resp.shape == (3, 10, 10)
+    assert resp.dtype == np.float32
+    np.testing.assert_array_equal(resp.cluster.values, [0, 1, 2])
     np.testing.assert_allclose(resp.sum("cluster").values, 1.0, atol=1e-5)
+    assert "responsibilities" not in result
     assert result.attrs["method"] == "head-refine"
     assert result.attrs["metadata"]["head_refine"]["alpha"] == config.head_refine.alpha
+
+
+def test_responsibilities_crop_padding_cells(tmp_path):
+    # Guided cells are 4 px: 21 x 27 patches of 16 px give 84 x 108 cells, of
+    # which 82 x 107 overlap the 327 x 428 input.
+    path = _write_raster(tmp_path / "raster.tif", 327, 428)
+    config = TEXTURE.with_updates({"method": "head-refine", "head_refine": {"blend": "guided"}})
+    result, resp = segment(path, config, return_scores=True)
+    assert resp.dims == ("cluster", "y", "x")
+    assert resp.shape == (3, 82, 107)
+    assert resp.attrs["cell_size_px"] == 4
+    assert resp.rio.crs == CRS.from_epsg(32633)
+    assert resp.rio.crs == result.rio.crs
+    _assert_transform_close(resp.rio.transform(), Affine(0.4, 0, 500000.0, 0, -0.4, 4000000.0))
+    np.testing.assert_allclose(resp.x.values[[0, -1]], [500000.2, 500000.0 + 0.4 * 106.5])
+    np.testing.assert_allclose(resp.y.values[[0, -1]], [3999999.8, 4000000.0 - 0.4 * 81.5])
+
+
+def test_responsibilities_cell_size_follows_scale(tmp_path):
+    # At scale 0.5 the 301 x 203 input becomes 151 x 102 resampled pixels, so
+    # a 16 px cell spans 16 * 301 / 151 rows and 16 * 203 / 102 columns.
+    transform = Affine(0.25, 0, 600000.0, 0, -0.5, 5000000.0)
+    path = _write_raster(tmp_path / "raster.tif", 301, 203, transform=transform)
+    config = TEXTURE.with_updates(
+        {"method": "head-refine", "head_refine": {"blend": "neighbour"}, "window": {"scale": 0.5}}
+    )
+    _, resp = segment(path, config, return_scores=True)
+    assert resp.shape == (3, 10, 7)
+    expected = transform @ Affine.scale(16 * 203 / 102, 16 * 301 / 151)
+    _assert_transform_close(resp.rio.transform(), expected)
+    # The transform stays on the cells after a reduction drops the encoding.
+    _assert_transform_close(resp.max("cluster").rio.transform(), expected)
+
+
+# Guided cells are 4 resampled px: 4 input px at scale 1 and 4 * 200 / 320 =
+# 2.5 input px at scale 1.6, so the first 25 or 40 columns of cells lie on the
+# 100 nodata columns only. The reader's collar buffer (3 px by default) widens
+# the nodata strip, so the check for scored cells starts 4 cells further on.
+@pytest.mark.parametrize(("scale", "nodata_cells"), [(1.0, 25), (1.6, 40)])
+def test_responsibilities_nan_on_nodata_cells(tmp_path, scale, nodata_cells):
+    path = tmp_path / "collar.tif"
+    _write_raster(path, 160, 200)
+    with rasterio.open(path, "r+") as dst:
+        data = dst.read()
+        data[:, :, :100] = 0
+        dst.write(data)
+        dst.nodata = 0
+    config = TEXTURE.with_updates(
+        {"method": "head-refine", "head_refine": {"blend": "guided"}, "window": {"scale": scale}}
+    )
+    _, resp = segment(path, config, return_scores=True)
+    assert resp.dtype == np.float32
+    assert np.isnan(resp.values[:, :, :nodata_cells]).all()
+    valid = resp.isel(x=slice(nodata_cells + 4, None))
+    assert not np.isnan(valid.values).any()
+    np.testing.assert_allclose(valid.sum("cluster").values, 1.0, atol=1e-5)
+    assert np.isnan(resp.idxmax("cluster").values[:, :nodata_cells]).all()
+
+
+def test_responsibilities_write_geotiff(tmp_path):
+    path = _write_raster(tmp_path / "raster.tif", 120, 150)
+    config = TEXTURE.with_updates({"method": "head-refine", "head_refine": {"blend": "neighbour"}})
+    _, resp = segment(path, config, return_scores=True)
+    resp.rio.to_raster(tmp_path / "r.tif")
+    with rasterio.open(tmp_path / "r.tif") as src:
+        assert src.crs == CRS.from_epsg(32633)
+        _assert_transform_close(src.transform, Affine(1.6, 0, 500000.0, 0, -1.6, 4000000.0))
+        assert src.count == 3
+        assert src.shape == (8, 10)
+        assert src.dtypes[0] == "float32"
+        assert np.isnan(src.nodata)
+        np.testing.assert_array_equal(src.read(), resp.values)
+
+
+def test_return_scores_rejects_kmeans(tmp_path):
+    path = _write_raster(tmp_path / "raster.tif", 64, 64)
+    with pytest.raises(ConfigurationError, match="return_scores=True needs method='head-refine'"):
+        segment(path, TEXTURE, return_scores=True)
 
 
 def test_segment_dk41_local_cs_round_trips(shared_data, tmp_path):

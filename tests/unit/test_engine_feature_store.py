@@ -17,11 +17,11 @@ from tree_seg.config import SegmentationConfig
 from tree_seg.engine.feature_store import (
     FeatureStore,
     feature_settings,
-    patch_transform,
     settings_differences,
     settings_hash,
 )
 from tree_seg.exceptions import FeatureStoreMismatchError
+from tree_seg.features.grid import patch_transform
 from tree_seg.io.reader import open_raster
 
 TRANSFORM = from_origin(500000.0, 4600000.0, 0.25, 0.25)

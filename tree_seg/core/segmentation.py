@@ -20,10 +20,11 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Literal, cast, overload
 
 import numpy as np
 import xarray as xr
+from rioxarray.rioxarray import affine_to_coords
 
 from tree_seg.clustering.head_refine import HeadRefineResult, refine
 from tree_seg.clustering.kmeans import assign, l2_normalize
@@ -35,7 +36,8 @@ from tree_seg.core.labels import NODATA_LABEL, CellPlacement, upsample_labels, u
 from tree_seg.core.profiling import RunProfile
 from tree_seg.core.snapping import slic_snap
 from tree_seg.core.versions import package_versions
-from tree_seg.exceptions import InvalidInputError
+from tree_seg.features.grid import patch_transform
+from tree_seg.exceptions import ConfigurationError, InvalidInputError
 from tree_seg.features.extract import extract_patch_features, patch_validity
 from tree_seg.features.grid import WindowGrid
 from tree_seg.features.scale import resolve_scale
@@ -289,7 +291,6 @@ def _dataset(
     config: SegmentationConfig,
     grid: FeatureGrid,
     refinement: HeadRefineResult | None,
-    return_scores: bool,
 ) -> xr.Dataset:
     coords = {name: source.data.coords[name] for name in ("y", "x") if name in source.data.coords}
     label_array = xr.DataArray(labels, dims=("y", "x"), coords=coords, name="labels")
@@ -302,12 +303,6 @@ def _dataset(
         data_vars["inertia"] = xr.DataArray(
             np.asarray(model.elbow["inertias"]), dims=("k",), coords={"k": model.elbow["ks"]}
         )
-    if refinement is not None and return_scores:
-        data_vars["responsibilities"] = xr.DataArray(
-            np.asarray(refinement.responsibilities, dtype=np.float32),
-            dims=("cluster", "cell_y", "cell_x"),
-            attrs={"cell_size_px": refinement.cell_size, "units": "probability"},
-        )
 
     dataset = xr.Dataset(data_vars)
     dataset.attrs.update({"method": config.method, "k": model.k, "backbone": grid.backbone["name"]})
@@ -319,6 +314,81 @@ def _dataset(
     if source.georeferenced:
         dataset = dataset.rio.write_crs(source.crs).rio.write_transform(source.transform)
     return dataset
+
+
+def _cell_pixel_ranges(
+    n_cells: int, *, cell_size: int, n_pixels: int, n_resampled: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Return the first input pixel and the pixel past the last one that each cell overlaps, on one axis.
+
+    Cell ``i`` spans input coordinates ``[i, i + 1) * cell_size * n_pixels / n_resampled``.
+    The edges are computed in integers, so an edge that falls on a pixel
+    boundary stays exact.
+    """
+    edges = np.arange(n_cells + 1, dtype=np.int64) * (cell_size * n_pixels)
+    starts = edges[:-1] // n_resampled
+    stops = np.minimum(-(-edges[1:] // n_resampled), n_pixels)
+    return starts, stops
+
+
+def _any_per_cell(mask: np.ndarray, starts: np.ndarray, stops: np.ndarray) -> np.ndarray:
+    """Return, for each cell along axis 0, whether ``mask`` is True on any of its rows ``starts:stops``.
+
+    The ranges come from :func:`_cell_pixel_ranges`, so they are sorted, the
+    last one ends at the last row, and two neighbouring cells share at most
+    the row where the second one starts.
+    """
+    # reduceat covers starts[i]:starts[i + 1], or only the row starts[i] where a
+    # cell lies inside one pixel. The shared row is added after it.
+    found = np.logical_or.reduceat(mask[: stops[-1]], starts, axis=0)
+    shared = np.flatnonzero(stops[:-1] > starts[1:])
+    found[shared] |= mask[starts[shared + 1]]
+    return found
+
+
+def _responsibilities(source: RasterSource, grid: FeatureGrid, refinement: HeadRefineResult) -> xr.DataArray:
+    """Crop the V2 responsibilities to the input, set cells without data to NaN and georeference them.
+
+    See :func:`segment` for the layout of the returned DataArray.
+    """
+    cell_size = refinement.cell_size
+    height, width = grid.input_shape
+    height_resampled, width_resampled = grid.resampled_shape
+    scores = np.asarray(refinement.responsibilities, dtype=np.float32)
+
+    # The grid covers whole patches. Cells that start past the resampled
+    # image's edge cover only padding and are dropped.
+    n_rows = min(scores.shape[1], -(-height_resampled // cell_size))
+    n_cols = min(scores.shape[2], -(-width_resampled // cell_size))
+    scores = scores[:, :n_rows, :n_cols].copy()
+
+    row_ranges = _cell_pixel_ranges(n_rows, cell_size=cell_size, n_pixels=height, n_resampled=height_resampled)
+    col_ranges = _cell_pixel_ranges(n_cols, cell_size=cell_size, n_pixels=width, n_resampled=width_resampled)
+    rows_with_data = _any_per_cell(grid.pixel_valid, *row_ranges)
+    cells_with_data = _any_per_cell(rows_with_data.T, *col_ranges).T
+    # The refinement leaves all K scores at 0 on cells it skipped, for
+    # example a patch with fewer than half of its pixels valid.
+    scored = scores.sum(axis=0) > 0
+    scores[:, ~(cells_with_data & scored)] = np.nan
+
+    transform = patch_transform(source.transform, input_shape=grid.input_shape,
+                                resampled_shape=grid.resampled_shape, patch_size=cell_size)
+    coords: dict[str, np.ndarray] = {"cluster": np.arange(scores.shape[0])}
+    spatial = affine_to_coords(transform, n_cols, n_rows)
+    # A rotated transform has no 1-D coordinates, so rioxarray places the
+    # cells by the transform alone, as it does for the labels.
+    if spatial["x"].ndim == 1:
+        coords.update(spatial)
+    array = xr.DataArray(
+        scores,
+        dims=("cluster", "y", "x"),
+        coords=coords,
+        name="responsibilities",
+        attrs={"long_name": "V2 cluster responsibility", "units": "probability", "cell_size_px": cell_size},
+    )
+    if source.georeferenced:
+        array = array.rio.write_crs(source.crs)
+    return array.rio.write_transform(transform).rio.write_nodata(np.nan, encoded=False)
 
 
 @dataclass
@@ -347,14 +417,29 @@ class SegmentationRun:
         record["clusters_used"] = self.clusters_used
         return record
 
-    def to_dataset(self, *, return_scores: bool = False) -> xr.Dataset:
+    def to_dataset(self) -> xr.Dataset:
         """Return the labels and fitted model as an :class:`xarray.Dataset` (see :func:`segment`)."""
         dataset = _dataset(
             self.source, self.labels, model=self.model, config=self.config, grid=self.grid,
-            refinement=self.refinement, return_scores=return_scores,
+            refinement=self.refinement,
         )
         dataset.attrs["metadata"] = self.metadata()
         return dataset
+
+    def responsibilities(self) -> xr.DataArray:
+        """Return the V2 soft scores as a georeferenced raster of cells (see :func:`segment`).
+
+        Raises
+        ------
+        ConfigurationError
+            If the run used K-means only (``method="kmeans"``).
+        """
+        if self.refinement is None:
+            raise ConfigurationError(
+                f"the run used method={self.config.method!r}, which has no responsibilities: "
+                "use method='head-refine'"
+            )
+        return _responsibilities(self.source, self.grid, self.refinement)
 
 
 def run_segmentation(
@@ -398,6 +483,29 @@ def run_segmentation(
     )
 
 
+@overload
+def segment(
+    source: str | Path | xr.DataArray | RasterSource,
+    config: SegmentationConfig | None = None,
+    *,
+    backbone: Backbone | None = None,
+    return_scores: Literal[False] = False,
+    profile: RunProfile | None = None,
+) -> xr.Dataset: ...
+
+
+@overload
+def segment(
+    source: str | Path | xr.DataArray | RasterSource,
+    config: SegmentationConfig | None = None,
+    *,
+    backbone: Backbone | None = None,
+    return_scores: Literal[True],
+    profile: RunProfile | None = None,
+) -> tuple[xr.Dataset, xr.DataArray]: ...
+
+
+@overload
 def segment(
     source: str | Path | xr.DataArray | RasterSource,
     config: SegmentationConfig | None = None,
@@ -405,7 +513,17 @@ def segment(
     backbone: Backbone | None = None,
     return_scores: bool = False,
     profile: RunProfile | None = None,
-) -> xr.Dataset:
+) -> xr.Dataset | tuple[xr.Dataset, xr.DataArray]: ...
+
+
+def segment(
+    source: str | Path | xr.DataArray | RasterSource,
+    config: SegmentationConfig | None = None,
+    *,
+    backbone: Backbone | None = None,
+    return_scores: bool = False,
+    profile: RunProfile | None = None,
+) -> xr.Dataset | tuple[xr.Dataset, xr.DataArray]:
     """Segment one raster into K clusters of similar vegetation.
 
     Parameters
@@ -413,34 +531,78 @@ def segment(
     source : str, Path, xarray.DataArray or RasterSource
         A file GDAL can open, or a DataArray with dims ("band", "y", "x").
     config : SegmentationConfig, optional
-        All settings; defaults to ``SegmentationConfig()`` (V1.5, automatic
-        backbone, elbow K).
+        All settings; defaults to ``SegmentationConfig()`` (V2 head
+        refinement, automatic backbone, elbow K).
     backbone : Backbone, optional
         A loaded backbone to reuse across calls.
     return_scores : bool, default=False
-        With the V2 method, add the soft responsibilities as the
-        ``responsibilities`` variable (dims ("cluster", "cell_y", "cell_x")).
+        Also return the V2 soft responsibilities as a georeferenced raster
+        of cells. Needs ``config.method="head-refine"``.
     profile : RunProfile, optional
         Receives stage times and memory.
 
     Returns
     -------
-    xarray.Dataset
+    result : xarray.Dataset
         ``labels`` (y, x) uint8, 0..K-1 and 255 on nodata, with the input's
         CRS and transform in ``rio``; ``centroids`` (cluster, feature);
         ``inertia`` (k) when K came from the elbow rule; attributes ``method``,
         ``k``, ``backbone`` and, for V2, ``tau``, ``iterations_run``,
         ``converged`` and ``fell_back``. ``attrs["metadata"]`` holds the full
         run record (configuration, backbone, timings).
+    responsibilities : xarray.DataArray of shape (cluster, y, x), float32
+        Only with ``return_scores=True``, as the second item of a tuple. The
+        probability in [0, 1] that each cell belongs to each cluster, on the
+        grid of cells that V2 refined rather than on the input's pixels. A
+        cell spans ``cell_size_px * input / resampled`` input pixels per axis
+        (about ``cell_size_px / scale``, not always an integer), where
+        ``attrs["cell_size_px"]`` is in resampled pixels. The coordinates
+        ``y`` and ``x`` are the cell centres in the input's CRS units (input
+        pixels when it has no CRS, and absent for a rotated transform), and
+        ``rio`` holds the input's CRS and the transform of the cells, so
+        ``.rio.to_raster(path)`` writes a GeoTIFF. The grid starts at the
+        input's top-left corner and keeps only the cells that overlap the
+        input, so the last row and column may reach past its edge by less
+        than one cell.
+        ``cluster`` has coordinates 0..K-1 as in ``labels``. The K values sum
+        to 1 on every cell, except that they are all NaN (the nodata value in
+        ``rio``) on cells whose input pixels are all nodata and on cells that
+        V2 left unscored, such as a patch with fewer than half of its pixels
+        valid. ``idxmax("cluster")`` gives the most likely cluster and NaN on
+        those cells, whereas ``argmax`` raises on them.
+
+    Raises
+    ------
+    ConfigurationError
+        If ``return_scores`` is True and ``config.method`` is ``"kmeans"``.
+
+    Notes
+    -----
+    The responsibilities come as a separate DataArray because their grid
+    differs from the labels' grid. Inside one Dataset they would share the
+    labels' ``spatial_ref`` coordinate, and rioxarray falls back to its pixel
+    transform as soon as an operation such as ``max`` drops the variable's
+    ``grid_mapping`` encoding.
 
     Examples
     --------
     >>> from tree_seg import SegmentationConfig, segment
     >>> result = segment("examples/tcd_00000_image.tif")  # doctest: +SKIP
     >>> result.labels.rio.crs  # doctest: +SKIP
+    >>> result, scores = segment("examples/tcd_00000_image.tif", return_scores=True)  # doctest: +SKIP
+    >>> scores.max("cluster").rio.to_raster("confidence.tif")  # doctest: +SKIP
     """
+    config = config or SegmentationConfig()
+    if return_scores and config.method != "head-refine":
+        raise ConfigurationError(
+            f"return_scores=True needs method='head-refine', but method={config.method!r} has no "
+            "responsibilities: use method='head-refine' or return_scores=False"
+        )
     run = run_segmentation(source, config, backbone=backbone, profile=profile)
-    return run.to_dataset(return_scores=return_scores)
+    dataset = run.to_dataset()
+    if return_scores:
+        return dataset, run.responsibilities()
+    return dataset
 
 
 def segment_to_files(

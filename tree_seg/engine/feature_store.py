@@ -53,7 +53,6 @@ __all__ = [
     "FeatureStore",
     "feature_settings",
     "input_identity",
-    "patch_transform",
     "settings_differences",
     "settings_hash",
     "write_georeference",
@@ -182,19 +181,6 @@ def settings_differences(stored: dict[str, Any], current: dict[str, Any]) -> lis
     left, right = _flatten(stored), _flatten(current)
     names = sorted(set(left) | set(right))
     return [(name, left.get(name), right.get(name)) for name in names if left.get(name) != right.get(name)]
-
-
-def patch_transform(transform: affine.Affine, *, input_shape: tuple[int, int], resampled_shape: tuple[int, int],
-                    patch_size: int) -> affine.Affine:
-    """Return the CRS transform of the patch grid.
-
-    One patch is ``patch_size`` resampled pixels, and one resampled pixel is
-    ``input / resampled`` input pixels per axis (the exact ratio of sizes,
-    which the resampling uses, rather than ``1 / scale``).
-    """
-    step_x = patch_size * input_shape[1] / resampled_shape[1]
-    step_y = patch_size * input_shape[0] / resampled_shape[0]
-    return transform @ affine.Affine.scale(step_x, step_y)
 
 
 def write_georeference(group: zarr.Group, *, crs_wkt: str | None, transform: affine.Affine,

@@ -34,7 +34,8 @@ from tree_seg.core.segmentation import head_refine_metadata
 from tree_seg.core.versions import package_versions
 from tree_seg.engine import passes, tasks
 from tree_seg.engine.cluster import Executor, open_client
-from tree_seg.engine.feature_store import FeatureStore, feature_settings, patch_transform
+from tree_seg.engine.feature_store import FeatureStore, feature_settings
+from tree_seg.features.grid import patch_transform
 from tree_seg.engine.label_store import LabelStore
 from tree_seg.engine.layout import patch_chunk_side, slic_depth
 from tree_seg.engine.progress import progress_enabled

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import math
 
+import affine
 import numpy as np
 
 from tree_seg.exceptions import ConfigurationError
 
-__all__ = ["WindowGrid", "nearest_multiples"]
+__all__ = ["WindowGrid", "nearest_multiples", "patch_transform"]
 
 
 def nearest_multiples(value: int, base: int) -> tuple[int, int]:
@@ -178,3 +179,16 @@ class WindowGrid:
         ramp_x = np.minimum(np.arange(1, cols + 1), np.arange(cols, 0, -1)).astype(np.float64)
         weights = np.outer(ramp_y, ramp_x)
         return (weights / weights.max()).astype(np.float32)
+
+
+def patch_transform(transform: affine.Affine, *, input_shape: tuple[int, int], resampled_shape: tuple[int, int],
+                    patch_size: int) -> affine.Affine:
+    """Return the CRS transform of the patch grid.
+
+    One patch is ``patch_size`` resampled pixels, and one resampled pixel is
+    ``input / resampled`` input pixels per axis (the exact ratio of sizes,
+    which the resampling uses, rather than ``1 / scale``).
+    """
+    step_x = patch_size * input_shape[1] / resampled_shape[1]
+    step_y = patch_size * input_shape[0] / resampled_shape[0]
+    return transform @ affine.Affine.scale(step_x, step_y)
