@@ -172,6 +172,34 @@ def test_responsibilities_nan_on_nodata_cells(tmp_path, scale, nodata_cells):
     assert np.isnan(resp.idxmax("cluster").values[:, :nodata_cells]).all()
 
 
+def test_bilinear_and_nearest_agree_beside_nodata_edge(tmp_path):
+    # At scale 1.6 V2 leaves the cells over columns 310-316 without a score:
+    # their patches are valid, but the collar buffer makes their guide
+    # pixels nodata. Both upsamplings must label columns 310-313 with the
+    # patch's K-means label; a zero score used to give cluster 0.
+    rng = np.random.default_rng(0)
+    rows, cols = np.mgrid[0:300, 0:340]
+    image = np.stack([np.where((cols // 40 + rows // 50) % 2, 200, 40), np.full((300, 340), 120),
+                      np.where(cols > 170, 180, 60)])
+    image = np.clip(image + rng.integers(0, 30, image.shape), 0, 255).astype(np.uint8)
+    image[:, :, 317:] = 0
+    path = tmp_path / "edge.tif"
+    with rasterio.open(path, "w", driver="GTiff", height=300, width=340, count=3, dtype="uint8", nodata=0,
+                       crs="EPSG:32633", transform=Affine(0.2, 0, 500000.0, 0, -0.2, 6000000.0)) as dst:
+        dst.write(image)
+    config = TEXTURE.with_updates({"method": "head-refine", "window": {"scale": 1.6}})
+
+    nearest = segment(path, config.with_updates({"labels": {"upsampling": "nearest"}})).labels.values
+    bilinear, scores = segment(path, config.with_updates({"labels": {"upsampling": "bilinear"}}),
+                               return_scores=True)
+
+    empty_x = scores.x.values[np.isnan(scores.values[0]).all(axis=0)]
+    assert empty_x.min() < 500000.0 + 314 * 0.2
+    edge = nearest[:, 310:314]
+    assert (edge != 255).all()
+    np.testing.assert_array_equal(bilinear.labels.values[:, 310:314], edge)
+
+
 def test_responsibilities_write_geotiff(tmp_path):
     path = _write_raster(tmp_path / "raster.tif", 120, 150)
     config = TEXTURE.with_updates({"method": "head-refine", "head_refine": {"blend": "neighbour"}})

@@ -73,3 +73,22 @@ def test_upsample_scores_bilinear_boundary_between_centres():
     scores = np.array([[[1.0, 0.0]], [[0.0, 1.0]]], dtype=np.float32)
     labels = upsample_scores(scores, cell_size=8, input_shape=(8, 16), resampled_shape=(8, 16))
     assert labels[0].tolist() == [0] * 8 + [1] * 8
+
+
+def test_fill_empty_cells_uses_patch_label_and_one_hot_score():
+    from tree_seg.core.labels import fill_empty_cells
+
+    labels = np.array([[0, -1, 1, 1], [0, 0, -1, -1]])
+    scores = np.zeros((2, 2, 4), dtype=np.float32)
+    scores[0, labels == 0] = 0.8
+    scores[1, labels == 0] = 0.2
+    scores[1, labels == 1] = 1.0
+    patch_labels = np.array([[1, -1]])
+
+    filled, filled_scores = fill_empty_cells(labels, scores, patch_labels, 2)
+
+    np.testing.assert_array_equal(filled, [[0, 1, 1, 1], [0, 0, -1, -1]])
+    np.testing.assert_array_equal(filled_scores[:, 0, 1], [0.0, 1.0])
+    np.testing.assert_array_equal(filled_scores[:, 1, 2], [0.0, 0.0])
+    np.testing.assert_array_equal(filled_scores[:, 0, 0], np.float32([0.8, 0.2]))
+    assert scores[1, 0, 1] == 0.0

@@ -18,12 +18,54 @@ from typing import Required, TypedDict
 
 import numpy as np
 
-__all__ = ["NODATA_LABEL", "cell_span", "upsample_labels", "upsample_scores"]
+__all__ = ["NODATA_LABEL", "cell_span", "fill_empty_cells", "upsample_labels", "upsample_scores"]
 
 NODATA_LABEL = 255
 """Label value of nodata pixels in every label raster."""
 
 _ROW_BLOCK = 256
+
+
+def fill_empty_cells(labels: np.ndarray, scores: np.ndarray, patch_labels: np.ndarray,
+                     factor: int) -> tuple[np.ndarray, np.ndarray]:
+    """Give the cells that V2 left without a score the K-means label of their patch.
+
+    V2 scores a cell only where its patch is valid and its guide pixels hold
+    data, so a valid patch at a nodata edge can have empty cells. They take
+    the patch's K-means label and its one-hot score, so that nearest and
+    bilinear upsampling agree there. Without the score, bilinear upsampling
+    would label their pixels with cluster 0, the argmax of zeros.
+
+    Parameters
+    ----------
+    labels : ndarray of int64, shape (cell_y, cell_x)
+        V2 cell labels, -1 on empty cells.
+    scores : ndarray of float32, shape (K, cell_y, cell_x)
+        V2 responsibilities, 0 on empty cells.
+    patch_labels : ndarray of int, shape (patch_y, patch_x)
+        K-means labels of the patches that the cells subdivide, -1 on
+        invalid patches.
+    factor : int
+        Cells per patch side.
+
+    Returns
+    -------
+    labels : ndarray of int64, shape (cell_y, cell_x)
+        Filled labels; -1 only where the patch is invalid too.
+    scores : ndarray of float32, shape (K, cell_y, cell_x)
+        Filled scores, a copy when any cell was filled.
+    """
+    empty = labels < 0
+    if not empty.any():
+        return labels, scores
+    from_patches = np.repeat(np.repeat(patch_labels, factor, axis=0), factor, axis=1)
+    labels = labels.copy()
+    labels[empty] = from_patches[: labels.shape[0], : labels.shape[1]][empty]
+
+    scores = scores.copy()
+    rows, cols = np.nonzero(empty & (labels >= 0))
+    scores[labels[rows, cols], rows, cols] = 1.0
+    return labels, scores
 
 
 class CellPlacement(TypedDict, total=False):

@@ -32,7 +32,7 @@ from tree_seg.clustering.model import ClusterModel, fit_cluster_model
 from tree_seg.clustering.sampling import sample_fraction, sample_patches
 from tree_seg.config import SegmentationConfig
 from tree_seg.core.export import method_label, write_run_outputs
-from tree_seg.core.labels import NODATA_LABEL, CellPlacement, upsample_labels, upsample_scores
+from tree_seg.core.labels import NODATA_LABEL, CellPlacement, fill_empty_cells, upsample_labels, upsample_scores
 from tree_seg.core.profiling import RunProfile
 from tree_seg.core.snapping import slic_snap
 from tree_seg.core.versions import package_versions
@@ -274,13 +274,7 @@ def _cells_from_refinement(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Return V2 cell labels and scores, with K-means labels where V2 left cells empty."""
     scores = np.asarray(result.responsibilities, dtype=np.float32)
-    labels = np.asarray(result.labels).copy()
-    empty = labels < 0
-    if empty.any():
-        factor = patch_size // result.cell_size
-        from_patches = np.repeat(np.repeat(patch_labels, factor, axis=0), factor, axis=1)
-        labels[empty] = from_patches[: labels.shape[0], : labels.shape[1]][empty]
-    return labels, scores
+    return fill_empty_cells(np.asarray(result.labels), scores, patch_labels, patch_size // result.cell_size)
 
 
 def _dataset(

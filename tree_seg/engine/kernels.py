@@ -20,7 +20,7 @@ from tree_seg.clustering.head_refine import em_chunk, labels_from_responsibiliti
 from tree_seg.clustering.kmeans import assign, l2_normalize
 from tree_seg.clustering.sampling import sample_patches
 from tree_seg.config import HeadRefineConfig
-from tree_seg.core.labels import NODATA_LABEL, CellPlacement, upsample_labels, upsample_scores
+from tree_seg.core.labels import NODATA_LABEL, CellPlacement, fill_empty_cells, upsample_labels, upsample_scores
 from tree_seg.engine.layout import HaloSlice
 from tree_seg.exceptions import InvalidInputError
 from tree_seg.features.extract import reflect_index
@@ -310,13 +310,10 @@ def v2_cells(
     used = np.zeros(centroids.shape[0], dtype=bool)
     used[np.unique(labels[labels >= 0])] = True
 
-    empty = labels < 0
-    if empty.any():
-        from_patches = np.repeat(np.repeat(kmeans_labels, factor, axis=0), factor, axis=1)
-        labels[empty] = from_patches[empty]
+    labels, scores = fill_empty_cells(labels, responsibilities.astype(np.float32, copy=False), kmeans_labels, factor)
     return CellBlock(
         labels=labels,
-        scores=responsibilities.astype(np.float32, copy=False),
+        scores=scores,
         origin=(patch_origin[0] * factor, patch_origin[1] * factor),
         cell_size=patch_size // factor,
         used=used,
