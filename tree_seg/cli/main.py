@@ -278,7 +278,7 @@ def _check_window_early(config: SegmentationConfig) -> None:
 
 @app.command()
 def segment(
-    inputs: Annotated[list[str], typer.Argument(help="Raster files, folders of rasters, or glob patterns.", show_default=False)],
+    inputs: Annotated[list[str], typer.Argument(help="Raster files, folders of rasters, or glob patterns.", show_default=False, metavar="INPUT")],
     outdir: Annotated[Path, typer.Option("--output", "-o", help="Output folder (created when missing).")],
     model: Annotated[str | None, typer.Option("--model", help="Method: head-refine (V2: K-means refined by the image-guided soft assignment) or kmeans (V1.5). [default: head-refine]", show_default=False)] = None,
     backbone: p.BackboneOption = None,
@@ -507,7 +507,7 @@ def _format_score(value: Any) -> str:
 
 @app.command()
 def evaluate(
-    dataset: Annotated[Path, typer.Argument(help="Folder with images/ and masks/ whose files pair by stem.", show_default=False)],
+    dataset: Annotated[Path, typer.Argument(help="Folder with images/ and masks/ whose files pair by stem.", show_default=False, metavar="DATASET")],
     outdir: Annotated[Path, typer.Option("--output", "-o", help="Output folder for results.json, results.csv and pictures.")],
     model: Annotated[list[str] | None, typer.Option("--model", help="Method to score; repeat to compare: kmeans, head-refine, kmeans+slic, head-refine+slic. [default: all four]", show_default=False)] = None,
     backbone: p.BackboneOption = None,
@@ -602,7 +602,7 @@ def _parse_alpha(text: str) -> float:
 
 @app.command()
 def sweep(
-    source: Annotated[Path, typer.Argument(help="Raster to sweep on.", show_default=False)],
+    source: Annotated[Path, typer.Argument(help="Raster to sweep on.", show_default=False, metavar="SOURCE")],
     outdir: Annotated[Path, typer.Option("--output", "-o", help="Output folder for sweep.csv and sweep.json.")],
     taus: Annotated[str, typer.Option("--taus", help="Comma-separated tau values (> 0, or auto).")] = "auto,0.05,0.1,0.2",
     alphas: Annotated[str, typer.Option("--alphas", help="Comma-separated alpha values in [0, 1].")] = "0,0.5,1",
