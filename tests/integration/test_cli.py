@@ -303,3 +303,11 @@ def test_cli_sweep_bad_tau_names_taus(tmp_path):
 
     assert result.exit_code == 2
     assert "invalid --taus value '0': tau must be > 0" in " ".join(result.output.split())
+
+
+def test_cli_profiles_lists_settings_as_key_value():
+    result = _invoke("profiles")
+
+    assert result.exit_code == 0
+    assert "[quick]" in result.output
+    assert "  head_refine: iterations=1, blend=guided" in result.output

@@ -662,7 +662,8 @@ def profiles() -> None:
     for name in profile_names():
         typer.echo(f"[{name}]")
         for section, values in load_profile(name).items():
-            typer.echo(f"  {section}: {values}")
+            settings = ", ".join(f"{key}={value}" for key, value in values.items())
+            typer.echo(f"  {section}: {settings}")
 
 
 def _exit_on_sigterm(signum: int, frame: Any) -> None:
