@@ -150,6 +150,10 @@ class BackboneConfig:
             object.__setattr__(self, "weights", Path(self.weights))
 
 
+# Window overlap in resampled pixels, a quarter of the default 448 px window.
+_DEFAULT_OVERLAP = 112
+
+
 @dataclass(frozen=True, kw_only=True)
 class WindowConfig:
     """The window grid on which the backbone runs.
@@ -179,7 +183,7 @@ class WindowConfig:
     """
 
     window: int = 448
-    overlap: int = 112
+    overlap: int = _DEFAULT_OVERLAP
     scale: float | str = "auto"
     target_resolution: float = 0.2
 
@@ -188,8 +192,9 @@ class WindowConfig:
         _check_int("overlap", self.overlap, low=0)
         if self.overlap >= self.window:
             raise ConfigurationError(
-                f"invalid overlap={self.overlap} for window={self.window}: the overlap must be smaller than the "
-                "window; set a smaller --overlap (a quarter of the window is typical)"
+                f"invalid overlap={self.overlap}{' (the default)' if self.overlap == _DEFAULT_OVERLAP else ''} for "
+                f"window={self.window}: the overlap must be smaller than the window; set a smaller --overlap "
+                "(a quarter of the window is typical)"
             )
         if isinstance(self.scale, str):
             _check_choice("scale", self.scale, ("auto",))

@@ -311,3 +311,19 @@ def test_cli_profiles_lists_settings_as_key_value():
     assert result.exit_code == 0
     assert "[quick]" in result.output
     assert "  head_refine: iterations=1, blend=guided" in result.output
+
+
+def test_cli_failed_run_leaves_no_empty_folder(tmp_path):
+    import rasterio
+    from rasterio.transform import from_origin
+
+    tiny = tmp_path / "tiny.tif"
+    with rasterio.open(tiny, "w", driver="GTiff", height=10, width=10, count=3, dtype="uint8",
+                       crs="EPSG:32632", transform=from_origin(500000, 6000000, 0.1, 0.1)) as dst:
+        dst.write(np.full((3, 10, 10), 120, dtype=np.uint8))
+
+    result = _invoke("segment", str(tiny), "-o", str(tmp_path / "out"), "--backbone", "texture")
+
+    assert result.exit_code == 1
+    assert result.output.count("clustering needs at least 2") == 1
+    assert not (tmp_path / "out").exists()

@@ -337,6 +337,7 @@ def segment(
     if not paths:
         _print_summary(len(problems), len(problems))
         raise typer.Exit(code=1)
+    created = not outdir.exists()
     check_output_folder(outdir)
     dask_options = {"workers": workers, "chunk_size": chunk_size, "scheduler": scheduler, "feature_store": feature_store}
     if _use_dask(engine, paths, config, dask_options):
@@ -345,6 +346,9 @@ def segment(
     else:
         failures = run_batch(paths, outdir, config, show_metrics=metrics, pictures=pictures,
                              failed_before=len(problems))
+    if created and failures == len(paths) and not any(outdir.iterdir()):
+        # Every input failed and nothing was written: leave no empty folder behind.
+        outdir.rmdir()
     if failures or problems:
         raise typer.Exit(code=1)
 
@@ -470,7 +474,8 @@ def run_batch(
             with _logging_input(path):
                 run, files = segment_to_files(path, outdir, config, backbone=backbone, pictures=pictures)
         except (TreeSegError, OSError) as error:
-            logger.error("failed on %s: %s", path, error)
+            # The summary at the end prints the error, so the log keeps it at debug level.
+            logger.debug("failed on %s: %s", path, error)
             rows.append((str(path), "failed", str(error)))
             continue
         profile = run.profile.to_dict()
