@@ -164,7 +164,7 @@ def test_head_refine_neighbour_close_to_its_products(neighbour_timings):
     assert seconds < 2.0 * floor_seconds
 
 
-# NOTE: measured 83-107x (73-92 ms against 7.2-8.3 s), median 94x, over six
+# NOTE: measured 83-107x (71-92 ms against 7.1-8.3 s), median 96x, over nine
 # runs on the 2-core AMD EPYC development machine. The nine float32 products
 # alone take 54-64 ms there. The other 20 ms or so are about sixty small
 # passes over the 2 MB responsibility maps, and torch runs each as its own
