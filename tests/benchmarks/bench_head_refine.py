@@ -169,7 +169,7 @@ def test_head_refine_neighbour_close_to_its_products(neighbour_timings):
 # alone take 54-64 ms there. The other 20 ms or so are about sixty small
 # passes over the 2 MB responsibility maps, and torch runs each as its own
 # kernel.
-@pytest.mark.xfail(reason="about 94x: the float32 products and unfused passes bound it on a 2-core CPU",
+@pytest.mark.xfail(reason="about 96x: the float32 products and unfused passes bound it on a 2-core CPU",
                    strict=False)
 def test_head_refine_neighbour_speedup(neighbour_timings):
     seconds, _, reference_seconds, _, _ = neighbour_timings
