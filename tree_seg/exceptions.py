@@ -33,6 +33,10 @@ class FeatureStoreMismatchError(TreeSegError, ValueError):
     """A feature store on disk was written with different settings."""
 
 
+class ClusterStartError(TreeSegError, RuntimeError):
+    """The local Dask cluster could not start its worker processes."""
+
+
 class TreeSegWarning(UserWarning):
     """Base class of every tree_seg warning."""
 

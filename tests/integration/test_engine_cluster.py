@@ -119,3 +119,30 @@ def test_engine_gpu_resource_routes_features(tile_crop, tmp_path):
 
     for address, count in loads.items():
         assert count == (1 if resources[address].get("GPU") else 0)
+
+
+@pytest.mark.slow
+def test_unguarded_script_gets_main_guard_hint(tmp_path):
+    # Dask starts worker processes by importing the main module, so a script
+    # that starts the engine at import time fails; the error must say why.
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parents[2] / "examples" / "tcd_00000_image.tif"
+    script = tmp_path / "run.py"
+    script.write_text(
+        "import warnings\n"
+        "warnings.simplefilter('ignore')\n"
+        "from tree_seg import SegmentationConfig\n"
+        "from tree_seg.engine import segment_raster\n"
+        "config = SegmentationConfig().with_updates({'backbone': {'name': 'texture'}, 'engine': {'workers': 1}})\n"
+        f"segment_raster({str(example)!r}, {str(tmp_path / 'out')!r}, config, pictures=False)\n"
+    )
+
+    completed = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300,
+                               cwd=tmp_path)
+
+    assert completed.returncode == 1
+    assert "ClusterStartError: failed to start the local Dask cluster" in completed.stderr
+    assert 'if __name__ == "__main__":' in completed.stderr

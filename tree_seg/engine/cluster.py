@@ -35,6 +35,7 @@ from distributed import Client, LocalCluster, as_completed
 from tree_seg.config import EngineConfig
 from tree_seg.engine.layout import Block
 from tree_seg.engine.progress import chunk_bar
+from tree_seg.exceptions import ClusterStartError
 
 __all__ = ["Executor", "LocalClusterSize", "local_cluster_size", "open_client", "tree_reduce", "workers_have_gpu"]
 
@@ -143,8 +144,8 @@ def open_client(
     size = local_cluster_size(engine.workers, use_gpu=use_gpu)
     logger.info("Starting a LocalCluster: %d worker process(es), %d thread(s) each, %.1f GiB each, resources %s",
                 size.n_workers, size.threads_per_worker, size.memory_limit / 2**30, size.resources or "none")
-    with (
-        LocalCluster(
+    try:
+        cluster = LocalCluster(
             n_workers=size.n_workers,
             threads_per_worker=size.threads_per_worker,
             processes=True,
@@ -152,9 +153,15 @@ def open_client(
             memory_limit=size.memory_limit,
             dashboard_address=dashboard_address,
             resources=size.resources or None,
-        ) as cluster,
-        Client(cluster) as client,
-    ):
+        )
+    except RuntimeError as error:
+        # Worker processes start by importing the main module, so a script
+        # that starts the engine at import time cannot start workers.
+        raise ClusterStartError(
+            f"failed to start the local Dask cluster ({error}): in a Python script, run the engine under "
+            "`if __name__ == \"__main__\":`, or pass scheduler='synchronous' to run in this process"
+        ) from error
+    with cluster, Client(cluster) as client:
         logger.info("Dask dashboard: %s", client.dashboard_link)
         yield client
 
