@@ -34,7 +34,7 @@ class FeatureStoreMismatchError(TreeSegError, ValueError):
 
 
 class ClusterStartError(TreeSegError, RuntimeError):
-    """The local Dask cluster could not start its worker processes."""
+    """Error raised when the local Dask cluster cannot start its worker processes."""
 
 
 class TreeSegWarning(UserWarning):
