@@ -124,7 +124,7 @@ def test_engine_gpu_resource_routes_features(tile_crop, tmp_path):
 @pytest.mark.slow
 def test_unguarded_script_gets_main_guard_hint(tmp_path):
     # Dask starts worker processes by importing the main module, so a script
-    # that starts the engine at import time fails; the error must say why.
+    # that starts the engine at import time fails. The error must name the cause.
     import subprocess
     import sys
     from pathlib import Path

@@ -104,12 +104,14 @@ def test_neighbour_weights_corner_edge_and_isolated_patch():
     assert float(own[0, 0, 0]) == pytest.approx(0.6 - 0.4 / 3)
     # (1, 3) has neighbours (0, 2), (1, 2), (2, 2) valid and two invalid ones.
     assert float(window[1, 3, 0]) == pytest.approx(0.4 / 3)
-    assert float(own[2, 3, 0]) == 0.0 and float(window[2, 3, 0]) == 0.0
+    assert float(own[2, 3, 0]) == 0.0
+    assert float(window[2, 3, 0]) == 0.0
     # A patch whose neighbours are all invalid keeps its responsibilities.
     lonely = torch.zeros(3, 3, dtype=torch.bool)
     lonely[1, 1] = True
     own, window = neighbour_weights(lonely, 0.4)
-    assert float(own[1, 1, 0]) == 1.0 and float(window[1, 1, 0]) == 0.0
+    assert float(own[1, 1, 0]) == 1.0
+    assert float(window[1, 1, 0]) == 0.0
 
 
 def test_upsample_bilinear_masked_values():

@@ -75,7 +75,7 @@ def test_upsample_scores_bilinear_boundary_between_centres():
     assert labels[0].tolist() == [0] * 8 + [1] * 8
 
 
-def test_fill_empty_cells_uses_patch_label_and_one_hot_score():
+def test_fill_empty_cells_from_patches():
     from tree_seg.core.labels import fill_empty_cells
 
     labels = np.array([[0, -1, 1, 1], [0, 0, -1, -1]])

@@ -329,7 +329,8 @@ def segment(
     _check_v2_options(config.method, {"tau": tau, "alpha": alpha, "iterations": iterations, "blend": blend})
 
     paths, problems = expand_inputs(inputs)
-    paths, unreadable = check_rasters(paths, config.read.bands)
+    shapes, unreadable = check_rasters(paths, config.read.bands)
+    paths = list(shapes)
     problems += unreadable
     check_output_names(paths)
     for item, reason in problems:
@@ -340,7 +341,7 @@ def segment(
     created = not outdir.exists()
     check_output_folder(outdir)
     dask_options = {"workers": workers, "chunk_size": chunk_size, "scheduler": scheduler, "feature_store": feature_store}
-    if _use_dask(engine, paths, config, dask_options):
+    if _use_dask(engine, list(shapes.values()), config, dask_options):
         failures = run_batch_dask(paths, outdir, config, show_metrics=metrics, pictures=pictures,
                                   progress=progress and not quiet, failed_before=len(problems))
     else:
@@ -353,7 +354,9 @@ def segment(
         raise typer.Exit(code=1)
 
 
-def check_rasters(paths: list[Path], bands: tuple[int, ...] | None) -> tuple[list[Path], list[tuple[str, str]]]:
+def check_rasters(
+    paths: list[Path], bands: tuple[int, ...] | None
+) -> tuple[dict[Path, tuple[int, int]], list[tuple[str, str]]]:
     """Open each input's header and keep those that are readable rasters with the requested bands.
 
     This reads no pixels, so a bad input fails in milliseconds instead of
@@ -361,19 +364,19 @@ def check_rasters(paths: list[Path], bands: tuple[int, ...] | None) -> tuple[lis
 
     Returns
     -------
-    paths : list of Path
-        The inputs that passed.
+    shapes : dict of Path to (int, int)
+        The inputs that passed, in order, with their (height, width) in pixels.
     problems : list of (str, str)
         The others, with the reason.
     """
     import rasterio
 
-    readable: list[Path] = []
+    readable: dict[Path, tuple[int, int]] = {}
     problems: list[tuple[str, str]] = []
     for path in paths:
         try:
             with rasterio.open(path) as src:
-                count = src.count
+                count, shape = src.count, (src.height, src.width)
         except (rasterio.errors.RasterioIOError, OSError) as error:
             problems.append((str(path), f"not a readable raster ({error}): check the file"))
             continue
@@ -381,21 +384,12 @@ def check_rasters(paths: list[Path], bands: tuple[int, ...] | None) -> tuple[lis
             problems.append((str(path), f"--bands asks for band {max(bands)} but the raster has {count} bands: "
                                         f"use indices in 1..{count}"))
             continue
-        readable.append(path)
+        readable[path] = shape
     return readable, problems
 
 
-def _raster_shape(path: Path) -> tuple[int, int] | None:
-    import rasterio
-
-    try:
-        with rasterio.open(path) as src:
-            return src.height, src.width
-    except (rasterio.errors.RasterioIOError, OSError):
-        return None
-
-
-def _use_dask(engine: str, paths: list[Path], config: SegmentationConfig, dask_options: dict[str, Any]) -> bool:
+def _use_dask(engine: str, shapes: list[tuple[int, int]], config: SegmentationConfig,
+              dask_options: dict[str, Any]) -> bool:
     """Decide between the Dask engine and the in-memory pipeline (see ``--engine``)."""
     if engine not in ("auto", "dask", "memory"):
         raise typer.BadParameter(f"invalid --engine {engine!r}: use auto, dask or memory")
@@ -406,8 +400,7 @@ def _use_dask(engine: str, paths: list[Path], config: SegmentationConfig, dask_o
         return False
     if engine == "dask" or given:
         return True
-    shapes = [_raster_shape(path) for path in paths]
-    return any(shape is not None and max(shape) > config.engine.chunk_size for shape in shapes)
+    return any(max(shape) > config.engine.chunk_size for shape in shapes)
 
 
 def run_batch_dask(

@@ -313,7 +313,7 @@ def em_chunk(
 def _em_chunk(features: torch.Tensor, valid: torch.Tensor, centroids: torch.Tensor, log_priors: torch.Tensor,
               tau: float, config: HeadRefineConfig, *, halo: int, factor: int, guide_cells: GuideCells | None,
               statistics: bool, responsibilities: bool = True, partial: torch.Tensor | None = None,
-              weights: tuple[torch.Tensor, torch.Tensor] | None = None,
+              blend_weights: tuple[torch.Tensor, torch.Tensor] | None = None,
               check: bool = True) -> tuple[np.ndarray | None, EMStats | None]:
     # em_chunk() after its checks and conversions. refine() calls it directly
     # with the blend weights computed once. refine() has also checked the
@@ -333,7 +333,7 @@ def _em_chunk(features: torch.Tensor, valid: torch.Tensor, centroids: torch.Tens
         patch_resp = patch_resp.permute(1, 2, 0)
     else:
         if config.alpha > 0:
-            own, window = weights if weights is not None else neighbour_weights(valid, config.alpha)
+            own, window = blend_weights if blend_weights is not None else neighbour_weights(valid, config.alpha)
             resp = blend_neighbours_last(resp, own, window)
         patch_resp, used = resp, valid
         cell_resp = resp.permute(2, 0, 1)
@@ -532,9 +532,9 @@ def refine(
     logger.info("head refinement: K=%d, %d valid patches of %s, tau=%.4g, blend=%s, alpha=%.2f, priors=%s",
                 k, n_valid, tuple(valid_t.shape), tau, config.blend, config.alpha, config.priors)
 
-    weights = None
+    blend_weights = None
     if config.blend == "neighbour" and config.alpha > 0:
-        weights = neighbour_weights(valid_t, config.alpha)
+        blend_weights = neighbour_weights(valid_t, config.alpha)
 
     def run_chunk(centroids_now: torch.Tensor, log_priors_now: torch.Tensor, statistics: bool,
                   partial_now: torch.Tensor | None = None) -> tuple[np.ndarray | None, EMStats | None]:
@@ -543,7 +543,7 @@ def refine(
         # unit-length, so the later logits have the same bound.
         return _em_chunk(features_t, valid_t, centroids_now, log_priors_now, tau, config, halo=0, factor=factor,
                          guide_cells=guide_cells, statistics=statistics, responsibilities=not statistics,
-                         partial=partial_now, weights=weights, check=partial_now is not None)
+                         partial=partial_now, blend_weights=blend_weights, check=partial_now is not None)
 
     counts = np.bincount(labels_km[labels_km >= 0], minlength=k).astype(np.float64)
     initial_log_priors = log_priors_from_mass(counts, priors=config.priors)

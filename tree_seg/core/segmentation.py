@@ -36,10 +36,9 @@ from tree_seg.core.labels import NODATA_LABEL, CellPlacement, fill_empty_cells, 
 from tree_seg.core.profiling import RunProfile
 from tree_seg.core.snapping import slic_snap
 from tree_seg.core.versions import package_versions
-from tree_seg.features.grid import patch_transform
 from tree_seg.exceptions import ConfigurationError, InvalidInputError
 from tree_seg.features.extract import extract_patch_features, patch_validity
-from tree_seg.features.grid import WindowGrid
+from tree_seg.features.grid import WindowGrid, patch_transform
 from tree_seg.features.scale import resolve_scale
 from tree_seg.features.resample import resample_image, resample_mask, resampled_shape
 from tree_seg.io.reader import RasterSource, open_raster

@@ -35,12 +35,12 @@ from tree_seg.core.versions import package_versions
 from tree_seg.engine import passes, tasks
 from tree_seg.engine.cluster import Executor, open_client
 from tree_seg.engine.feature_store import FeatureStore, feature_settings
-from tree_seg.features.grid import patch_transform
 from tree_seg.engine.label_store import LabelStore
 from tree_seg.engine.layout import patch_chunk_side, slic_depth
 from tree_seg.engine.progress import progress_enabled
 from tree_seg.engine.worker import backbone_info
 from tree_seg.exceptions import ConfigurationError, InvalidInputError, TreeSegError
+from tree_seg.features.grid import patch_transform
 from tree_seg.features.resample import resampled_shape
 from tree_seg.features.scale import resolve_scale
 from tree_seg.io.outputs import OutputManager, sanitize_name
