@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import warnings
 from pathlib import Path
 
@@ -130,16 +131,21 @@ def test_cli_engine_memory_rejects_dask_options(tmp_path):
     assert "--workers: these options apply only to the Dask engine" in result.output
 
 
-def test_cli_dask_engine_synchronous_matches_memory(tmp_path):
-    source = tmp_path / "crop.tif"
+def _write_crop(path, col_off=900, row_off=900):
+    # A 300 x 260 px crop of the example, small enough for a fast Dask run.
     with rasterio.open(EXAMPLE) as src:
-        window = rasterio.windows.Window(900, 900, 300, 260)
+        window = rasterio.windows.Window(col_off, row_off, 300, 260)
         profile = src.profile | {"height": 260, "width": 300, "transform": src.window_transform(window)}
         profile.pop("photometric", None)
         profile["compress"] = "deflate"
         data = src.read(window=window)
-    with rasterio.open(source, "w", **profile) as dst:
+    with rasterio.open(path, "w", **profile) as dst:
         dst.write(data)
+    return path
+
+
+def test_cli_dask_engine_synchronous_matches_memory(tmp_path):
+    source = _write_crop(tmp_path / "crop.tif")
     common = ["--k", "4", "--backbone", "texture", "--no-pictures", "--no-progress"]
     memory = _invoke("segment", str(source), "-o", str(tmp_path / "memory"), "--engine", "memory", *common)
     dask = _invoke("segment", str(source), "-o", str(tmp_path / "dask"), "--scheduler", "synchronous",
@@ -154,6 +160,24 @@ def test_cli_dask_engine_synchronous_matches_memory(tmp_path):
         assert a.transform == b.transform
         # The engine stores float16 features, which may flip a few ties.
         assert (a.read(1) != b.read(1)).mean() < 0.001
+
+
+@pytest.mark.parametrize(("engine_args", "logger_prefix"), [
+    (["--engine", "memory"], "tree_seg.core"),
+    (["--scheduler", "synchronous", "--chunk-size", "128"], "tree_seg.engine"),
+])
+def test_cli_batch_tags_log_lines_with_input(tmp_path, caplog, engine_args, logger_prefix):
+    first = _write_crop(tmp_path / "first.tif")
+    second = _write_crop(tmp_path / "second.tif", col_off=400, row_off=500)
+    caplog.set_level(logging.INFO, logger="tree_seg")
+
+    result = _invoke("segment", str(first), str(second), "-o", str(tmp_path / "out"), *engine_args, "--k", "3",
+                     "--backbone", "texture", "--model", "kmeans", "--no-pictures", "--no-progress")
+
+    assert result.exit_code == 0, result.output
+    tags = {getattr(record, "input_tag", None) for record in caplog.records if record.name.startswith(logger_prefix)}
+    assert "[first.tif] " in tags
+    assert "[second.tif] " in tags
 
 
 def test_cli_rejects_inputs_with_same_stem(tmp_path):

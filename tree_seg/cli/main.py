@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
 import glob
 import logging
+import math
 import os
 import signal
 import sys
 import tempfile
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -20,6 +19,7 @@ from tree_seg.cli import params as p
 from tree_seg.cli.options import build_config, parse_bands, parse_k_range, parse_nodata, parse_scale, parse_tau
 from tree_seg.config import SegmentationConfig, profile_names
 from tree_seg.exceptions import ConfigurationError, RefinementFallbackWarning, TreeSegError
+from tree_seg.log_context import InputTagFilter, input_context
 
 app = typer.Typer(
     name="tree-seg",
@@ -31,25 +31,6 @@ app = typer.Typer(
 )
 
 logger = logging.getLogger("tree_seg.cli")
-
-# Name of the input being segmented, shown in front of every log line and
-# warning of a batch so that each can be traced to its file.
-_current_input: str | None = None
-
-
-def _tag_input(record: logging.LogRecord) -> bool:
-    record.input_tag = f"[{_current_input}] " if _current_input else ""
-    return True
-
-
-@contextlib.contextmanager
-def _logging_input(path: Path) -> Iterator[None]:
-    global _current_input
-    _current_input = path.name
-    try:
-        yield
-    finally:
-        _current_input = None
 
 RASTER_SUFFIXES = {".tif", ".tiff", ".vrt", ".png", ".jpg", ".jpeg", ".jp2", ".img"}
 
@@ -83,7 +64,8 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(input_tag)s%(message)s",
                         stream=sys.stderr)
     for handler in logging.getLogger().handlers:
-        handler.addFilter(_tag_input)
+        if not any(isinstance(existing, InputTagFilter) for existing in handler.filters):
+            handler.addFilter(InputTagFilter())
     logging.captureWarnings(True)
     # The library both logs and warns about a fallback, so the warning is
     # muted here to print it once.
@@ -381,8 +363,8 @@ def check_rasters(
             problems.append((str(path), f"not a readable raster ({error}): check the file"))
             continue
         if bands and max(bands) > count:
-            problems.append((str(path), f"--bands asks for band {max(bands)} but the raster has {count} bands: "
-                                        f"use indices in 1..{count}"))
+            reason = f"--bands asks for band {max(bands)} but the raster has {count} bands: use indices in 1..{count}"
+            problems.append((str(path), reason))
             continue
         readable[path] = shape
     return readable, problems
@@ -464,7 +446,7 @@ def run_batch(
     rows: list[tuple[str, str, str]] = []
     for path in paths:
         try:
-            with _logging_input(path):
+            with input_context(path.name):
                 run, files = segment_to_files(path, outdir, config, backbone=backbone, pictures=pictures)
         except (TreeSegError, OSError) as error:
             # The summary at the end prints the error, so the log keeps it at debug level.
@@ -500,7 +482,7 @@ def _shared_options(scope: dict[str, Any]) -> dict[str, Any]:
 
 
 def _format_score(value: Any) -> str:
-    return "   n/a" if value is None or (isinstance(value, float) and value != value) else f"{value:6.3f}"
+    return "   n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:6.3f}"
 
 
 @app.command()
@@ -646,7 +628,7 @@ def sweep(
     typer.echo(f"\n{'tau':>8}{'tau used':>10}{'alpha':>7}{'clusters':>10}{'iters':>7}{'mIoU':>8}{'bound. F':>10}")
     for row in rows:
         typer.echo(
-            f"{str(row['tau']):>8}{row['tau_used']:>10.4f}{row['alpha']:>7.2f}{row['clusters_used']:>10}"
+            f"{row['tau']!s:>8}{row['tau_used']:>10.4f}{row['alpha']:>7.2f}{row['clusters_used']:>10}"
             f"{row['iterations_run']:>7}{_format_score(row['miou_many_to_one']):>8}{_format_score(row['boundary_f']):>10}"
         )
     typer.echo(f"\nwrote {outdir / 'sweep.csv'}")

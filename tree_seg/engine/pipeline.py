@@ -46,6 +46,7 @@ from tree_seg.features.scale import resolve_scale
 from tree_seg.io.outputs import OutputManager, sanitize_name
 from tree_seg.io.reader import SAMPLE_MAX_SIDE, RasterSource, open_raster
 from tree_seg.io.writer import write_json_atomic
+from tree_seg.log_context import input_context
 from tree_seg.models.base import resolve_device
 
 __all__ = ["BatchItem", "EngineResult", "build_feature_store", "segment_many", "segment_raster"]
@@ -341,16 +342,17 @@ def segment_many(
     items: list[BatchItem] = []
     with _executor(client, config, progress) as executor:
         for path in map(Path, paths):
-            try:
-                result = _segment(executor, path, outdir, config, feature_dtype=feature_dtype, pictures=pictures,
-                                  store_path=_store_path(store_setting, outdir, path.stem))
-            except Exception as error:
-                # One bad input must not end the batch: besides tree_seg's own
-                # errors this catches a lost worker (KilledWorker) or a full disk.
-                logger.error("Failed to segment %s: %s", path, error,
-                             exc_info=not isinstance(error, (TreeSegError, OSError)))
-                items.append(BatchItem(path=path, status="failed", error=str(error)))
-                continue
+            with input_context(path.name):
+                try:
+                    result = _segment(executor, path, outdir, config, feature_dtype=feature_dtype,
+                                      pictures=pictures, store_path=_store_path(store_setting, outdir, path.stem))
+                except Exception as error:
+                    # One bad input must not end the batch: besides tree_seg's own
+                    # errors this catches a lost worker (KilledWorker) or a full disk.
+                    logger.error("Failed to segment %s: %s", path, error,
+                                 exc_info=not isinstance(error, (TreeSegError, OSError)))
+                    items.append(BatchItem(path=path, status="failed", error=str(error)))
+                    continue
             items.append(BatchItem(path=path, status="ok", result=result))
     failed = sum(item.status == "failed" for item in items)
     logger.info("%d of %d inputs segmented, %d failed", len(items) - failed, len(items), failed)
