@@ -84,9 +84,10 @@ class ReadConfig:
         valid.
     nodata_tolerance : float, default=0
         Largest difference from ``nodata``, in the input's units (digital
-        numbers for integer data), that still counts as nodata. A collar found
-        by ``"auto"`` uses at least 10/255 of the band's range, because JPEG
-        compression leaves near-collar values that an exact match misses.
+        numbers for integer data), that still counts as nodata. Within 12
+        pixels of a collar found by ``"auto"``, at least 10/255 of the band's
+        range counts, because JPEG compression leaves near-collar values that
+        an exact match misses.
     collar_buffer : int, default=3
         Pixels by which the nodata mask grows after small specks are removed,
         so the fringe that JPEG compression leaves along a collar is masked.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from tree_seg.config import ReadConfig
 from tree_seg.exceptions import InvalidInputError
@@ -81,6 +82,7 @@ def test_collar_halo_formula():
     assert collar_halo(3) == 7
     assert collar_halo(0, 0) == 0
     assert collar_halo(5, opening_radius=1) == 7
+    assert collar_halo(3, fringe_width=12) == 7 + 2 + 12
 
 
 def test_collar_halo_rejects_negative():
@@ -137,35 +139,70 @@ def test_clean_collar_thin_edge_strip_removed():
     assert not clean_collar(nodata, buffer=3).any()
 
 
-def test_clean_collar_window_with_halo_exact(rng):
+def _fringe_of(nodata: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    # Near-collar values: the mask itself, a ring of scattered pixels around
+    # it, and scattered blobs elsewhere.
+    ring = ndimage.binary_dilation(nodata, iterations=4) & (rng.random(nodata.shape) < 0.7)
+    return nodata | ring | (rng.random(nodata.shape) < 0.05)
+
+
+@pytest.mark.parametrize("fringe_width", [0, 6])
+def test_clean_collar_window_with_halo_exact(rng, fringe_width):
     nodata = _blobby_mask(rng, (97, 83))
+    fringe = _fringe_of(nodata, rng)
     buffer = 3
-    halo = collar_halo(buffer)
-    whole = clean_collar(nodata, buffer=buffer)
+    halo = collar_halo(buffer, fringe_width=fringe_width)
+    whole = clean_collar(nodata, buffer=buffer, fringe=fringe, fringe_width=fringe_width)
 
     windows = [(0, 20, 0, 20), (10, 50, 5, 40), (60, 97, 60, 83), (0, 97, 30, 31), (45, 52, 0, 83)]
     for y0, y1, x0, x1 in windows:
         ya, yb = max(0, y0 - halo), min(nodata.shape[0], y1 + halo)
         xa, xb = max(0, x0 - halo), min(nodata.shape[1], x1 + halo)
-        part = clean_collar(nodata[ya:yb, xa:xb], buffer=buffer)
+        part = clean_collar(nodata[ya:yb, xa:xb], buffer=buffer, fringe=fringe[ya:yb, xa:xb],
+                            fringe_width=fringe_width)
         cropped = part[y0 - ya : y1 - ya, x0 - xa : x1 - xa]
         assert np.array_equal(cropped, whole[y0:y1, x0:x1]), (y0, y1, x0, x1)
 
 
-def test_clean_collar_smaller_halo_differs(rng):
+@pytest.mark.parametrize("fringe_width", [0, 6])
+def test_clean_collar_smaller_halo_differs(rng, fringe_width):
     nodata = _blobby_mask(rng, (97, 83))
+    fringe = _fringe_of(nodata, rng)
     buffer = 3
-    halo = collar_halo(buffer) - 1
-    whole = clean_collar(nodata, buffer=buffer)
+    halo = collar_halo(buffer, fringe_width=fringe_width) - 1
+    whole = clean_collar(nodata, buffer=buffer, fringe=fringe, fringe_width=fringe_width)
 
     mismatches = 0
     for y0 in range(8, 80, 7):
         for x0 in range(8, 66, 7):
             y1, x1 = y0 + 10, x0 + 10
-            part = clean_collar(nodata[y0 - halo : y1 + halo, x0 - halo : x1 + halo], buffer=buffer)
+            rows, cols = slice(y0 - halo, y1 + halo), slice(x0 - halo, x1 + halo)
+            part = clean_collar(nodata[rows, cols], buffer=buffer, fringe=fringe[rows, cols],
+                                fringe_width=fringe_width)
             mismatches += not np.array_equal(part[halo:-halo, halo:-halo], whole[y0:y1, x0:x1])
 
     assert mismatches > 0
+
+
+def test_clean_collar_fringe_only_near_collar():
+    nodata = np.zeros((60, 80), dtype=bool)
+    nodata[:, :20] = True
+    fringe = nodata.copy()
+    fringe[20:30, 20:26] = True  # near-collar values touching the collar
+    fringe[20:30, 50:60] = True  # a dark shadow 30 px from the collar
+    nodata[25, 55] = True  # with one pixel of exact collar value
+
+    cleaned = clean_collar(nodata, buffer=0, fringe=fringe, fringe_width=12)
+    without_fringe = clean_collar(nodata, buffer=0)
+
+    assert cleaned[22:28, 20:26].all()
+    assert not cleaned[:, 40:].any()
+    assert not without_fringe[:, 20:].any()
+
+
+def test_clean_collar_rejects_fringe_of_other_shape():
+    with pytest.raises(InvalidInputError, match=r"fringe \(4, 4\) must equal the nodata mask \(5, 5\)"):
+        clean_collar(np.zeros((5, 5), dtype=bool), buffer=0, fringe=np.zeros((4, 4), dtype=bool), fringe_width=2)
 
 
 def test_border_pixels_shape_and_values():
@@ -282,12 +319,15 @@ def test_widen_collar_tolerance_only_collar():
     wide = widen_collar_tolerance(NodataRule("collar", value=0.0, tolerance=20.0), scale)
     value = widen_collar_tolerance(NodataRule("value", value=0.0), scale)
 
-    assert collar.tolerance == pytest.approx(10.0)
-    assert wide.tolerance == 20.0
+    assert collar.tolerance == 2.0
+    assert collar.fringe_tolerance == pytest.approx(10.0)
+    assert wide.fringe_tolerance == 20.0
     assert value.tolerance == 0.0
+    assert value.fringe_tolerance is None
 
 
 def test_nodata_rule_halo():
     assert NodataRule("collar", value=0.0, buffer=3).halo == 7
+    assert NodataRule("collar", value=0.0, fringe_tolerance=10.0, buffer=3).halo == 7 + 2 + 12
     assert NodataRule("tag", value=0.0, buffer=0).halo == 4
     assert NodataRule("alpha", alpha_band=4).halo == 0

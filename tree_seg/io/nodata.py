@@ -44,18 +44,36 @@ COLLAR_MIN_FRACTION = 0.5
 """Fraction of the outermost pixels that must share one value to call it a collar."""
 
 COLLAR_FRINGE_TOLERANCE = 10 / 255
-"""Smallest tolerance of a detected collar, as a fraction of the band scale (10 digital numbers in uint8).
+"""Tolerance of a detected collar's fringe, as a fraction of the band scale (10 digital numbers in uint8).
 
 JPEG compression leaves blocks of almost-collar values up to about 10 pixels
 into the image (measured on the OAM-TCD tiles ``tcd_00000`` and
 ``tcd_00004``), which the exact collar value misses and a dilation by a few
 pixels only partly covers. More than 40 pixels away from the collar, 0.11% of
 the pixels of ``tcd_00000`` and 0.02% of ``tcd_00004`` lie within 10 digital
-numbers of the collar value in every band.
+numbers of the collar value in every band, mostly deep shadows, so this
+tolerance applies only within :data:`COLLAR_FRINGE_WIDTH` pixels of the
+collar.
+"""
+
+COLLAR_FRINGE_WIDTH = 12
+"""Distance in pixels from the collar within which its fringe tolerance applies.
+
+It covers the JPEG fringe of about 10 pixels. On ``tcd_00000`` it keeps five
+shadows of 73 to 422 pixels inside the image valid, which the fringe
+tolerance applied everywhere turned into nodata.
 """
 
 OPENING_RADIUS = 2
 """Radius, in pixels, of the disk that removes nodata specks before the collar buffer."""
+
+FRINGE_SEED_RADIUS = 1
+"""Radius, in pixels, of the disk that a nodata region must hold for a fringe to grow around it.
+
+Radius 1 (a 3 x 3 cross) keeps thin lines of exact collar value, which
+belong to the collar, and drops the isolated exact-value pixels found in
+deep shadows.
+"""
 
 NodataKind = Literal["tag", "alpha", "nan", "value", "collar", "none"]
 
@@ -122,12 +140,13 @@ def _disk(radius: int) -> np.ndarray:
     return offsets[:, None] ** 2 + offsets[None, :] ** 2 <= radius**2
 
 
-def collar_halo(buffer: int, opening_radius: int = 2) -> int:
+def collar_halo(buffer: int, opening_radius: int = 2, fringe_width: int = 0) -> int:
     """Return the halo, in pixels, that makes :func:`clean_collar` exact on a window.
 
     An opening with a disk of radius ``r`` looks ``2 r`` pixels away (an
     erosion, then a dilation, each reaching ``r``), and the dilation by
-    ``buffer`` looks ``buffer`` pixels further.
+    ``buffer`` looks ``buffer`` pixels further. A fringe adds the opening
+    that finds its seeds and a dilation by ``fringe_width``.
 
     Parameters
     ----------
@@ -135,15 +154,20 @@ def collar_halo(buffer: int, opening_radius: int = 2) -> int:
         Growth of the mask in pixels, >= 0.
     opening_radius : int, default=2
         Radius in pixels of the disk used to remove specks, >= 0.
+    fringe_width : int, default=0
+        Reach of the fringe in pixels, >= 0; 0 when there is no fringe.
 
     Returns
     -------
     int
-        ``2 * opening_radius + buffer``.
+        ``2 * opening_radius + buffer``, plus ``2 * FRINGE_SEED_RADIUS +
+        fringe_width`` when ``fringe_width > 0``.
     """
     _check_radius("buffer", buffer)
     _check_radius("opening_radius", opening_radius)
-    return 2 * opening_radius + buffer
+    _check_radius("fringe_width", fringe_width)
+    fringe = 2 * FRINGE_SEED_RADIUS + fringe_width if fringe_width > 0 else 0
+    return 2 * opening_radius + buffer + fringe
 
 
 def _check_radius(name: str, value: int) -> None:
@@ -151,17 +175,21 @@ def _check_radius(name: str, value: int) -> None:
         raise InvalidInputError(f"invalid {name}={value!r}: expected an integer >= 0")
 
 
-def clean_collar(nodata: np.ndarray, *, buffer: int, opening_radius: int = 2) -> np.ndarray:
-    """Remove nodata specks, then grow the nodata mask along its edges.
+def clean_collar(nodata: np.ndarray, *, buffer: int, opening_radius: int = 2, fringe: np.ndarray | None = None,
+                 fringe_width: int = 0) -> np.ndarray:
+    """Remove nodata specks, add the collar's fringe, then grow the mask along its edges.
 
-    A binary opening with a disk of radius ``opening_radius`` removes every
-    nodata region that contains no such disk, so isolated pure-black or
-    pure-white pixels inside the image, such as deep shadows or saturated
-    roofs, stay valid. A binary dilation with a disk of radius ``buffer``
-    then grows what is left, which masks the fringe of almost-collar values
-    that lossy (JPEG) compression leaves along the edge of a collar. The
-    opening also rounds off sharp corners (3 pixels per right-angled corner
-    for radius 2), which a buffer of 2 or more covers again.
+    Fringe pixels (near-collar values that lossy, JPEG, compression leaves
+    along the edge of a collar) join the mask where they lie within
+    ``fringe_width`` pixels of a nodata region that holds a disk of radius
+    :data:`FRINGE_SEED_RADIUS`. A binary opening with a disk of radius
+    ``opening_radius`` then removes every nodata region that contains no
+    such disk, so isolated pure-black or pure-white pixels inside the image,
+    such as deep shadows or saturated roofs, stay valid. A binary dilation
+    with a disk of radius ``buffer`` grows what is left over the remaining
+    fringe. The opening also rounds off sharp corners (3 pixels per
+    right-angled corner for radius 2), which a buffer of 2 or more covers
+    again.
 
     Parameters
     ----------
@@ -171,6 +199,12 @@ def clean_collar(nodata: np.ndarray, *, buffer: int, opening_radius: int = 2) ->
         Growth in pixels, >= 0; 0 skips the dilation.
     opening_radius : int, default=2
         Disk radius in pixels for speck removal, >= 0; 0 skips the opening.
+    fringe : numpy.ndarray of shape (y, x), bool, optional
+        True where a pixel may belong to the collar's fringe, usually the
+        pixels within a wider tolerance of the collar value. Fringe pixels
+        farther than ``fringe_width`` from the collar stay valid.
+    fringe_width : int, default=0
+        Reach of the fringe in pixels, >= 0; 0 ignores ``fringe``.
 
     Returns
     -------
@@ -178,24 +212,38 @@ def clean_collar(nodata: np.ndarray, *, buffer: int, opening_radius: int = 2) ->
         The cleaned nodata mask. Pixels outside the array count as not
         nodata, so a collar thinner than the disk along the raster edge is
         removed like a speck. The result at a pixel depends only on the input
-        within ``collar_halo(buffer, opening_radius)`` pixels of it.
+        within ``collar_halo(buffer, opening_radius, fringe_width)`` pixels of
+        it.
     """
     if nodata.ndim != 2:
         raise InvalidInputError(f"invalid nodata mask of shape {nodata.shape}: expected dims (y, x)")
+    if fringe is not None and fringe.shape != nodata.shape:
+        raise InvalidInputError(f"shape mismatch: fringe {fringe.shape} must equal the nodata mask {nodata.shape}")
     _check_radius("buffer", buffer)
     _check_radius("opening_radius", opening_radius)
+    _check_radius("fringe_width", fringe_width)
 
     cleaned = nodata.astype(bool, copy=False)
 
-    if opening_radius > 0:
-        # A disk fits ragged diagonal collar edges that a square would miss;
-        # on tcd_00000 it leaves a third as many near-black fringe pixels.
-        cleaned = ndimage.binary_opening(cleaned, structure=_disk(opening_radius), border_value=0)
+    if fringe is not None and fringe_width > 0:
+        seeds = _open(cleaned, FRINGE_SEED_RADIUS)
+        near = ndimage.binary_dilation(seeds, structure=_disk(fringe_width), border_value=0)
+        cleaned = cleaned | (fringe & near)
+
+    cleaned = _open(cleaned, opening_radius)
 
     if buffer > 0:
         cleaned = ndimage.binary_dilation(cleaned, structure=_disk(buffer), border_value=0)
 
     return cleaned
+
+
+def _open(mask: np.ndarray, radius: int) -> np.ndarray:
+    if radius == 0:
+        return mask
+    # A disk fits ragged diagonal collar edges that a square would miss; on
+    # tcd_00000 it leaves a third as many near-black fringe pixels.
+    return ndimage.binary_opening(mask, structure=_disk(radius), border_value=0)
 
 
 def border_pixels(raw: np.ndarray) -> np.ndarray:
@@ -283,13 +331,17 @@ class NodataRule:
         border. For ``"value"`` and ``"collar"`` the pixels within
         ``tolerance`` of ``value`` in every band lose specks that hold no
         disk of radius 2 and then grow by ``buffer`` pixels (see
-        :func:`clean_collar`). ``"none"``: every pixel that is not NaN is
-        valid.
+        :func:`clean_collar`). A ``"collar"`` also takes the pixels within
+        ``fringe_tolerance`` that lie within :data:`COLLAR_FRINGE_WIDTH`
+        pixels of it. ``"none"``: every pixel that is not NaN is valid.
     value : float or None, default=None
         Nodata value in raw input units, for ``"tag"``, ``"value"`` and
         ``"collar"``.
     tolerance : float, default=0
         Largest difference from ``value`` that still counts, in raw units.
+    fringe_tolerance : float or None, default=None
+        ``"collar"`` only: largest difference from ``value``, in raw units,
+        of the compression fringe next to the collar; None for no fringe.
     buffer : int, default=0
         Growth of the cleaned mask in pixels.
     alpha_band : int or None, default=None
@@ -299,6 +351,7 @@ class NodataRule:
     kind: NodataKind
     value: float | None = None
     tolerance: float = 0.0
+    fringe_tolerance: float | None = None
     buffer: int = 0
     alpha_band: int | None = None
 
@@ -306,8 +359,12 @@ class NodataRule:
     def halo(self) -> int:
         """Pixels a window must be read beyond its edges to get an exact mask."""
         if self.kind in ("tag", "value", "collar"):
-            return collar_halo(self.buffer, OPENING_RADIUS)
+            return collar_halo(self.buffer, OPENING_RADIUS, self._fringe_width)
         return 0
+
+    @property
+    def _fringe_width(self) -> int:
+        return COLLAR_FRINGE_WIDTH if self.kind == "collar" and self.fringe_tolerance is not None else 0
 
 
 def valid_mask(
@@ -329,7 +386,9 @@ def valid_mask(
         The alpha band; 0 is nodata.
     clean : bool, default=True
         Apply :func:`clean_collar` to value-based rules. Pass False for a
-        decimated sample, where distances in pixels no longer hold.
+        decimated sample, where distances in pixels no longer hold. A
+        collar's fringe tolerance then applies everywhere, so the sample
+        leaves out every pixel that may be fringe.
 
     Returns
     -------
@@ -343,8 +402,14 @@ def valid_mask(
             raise InvalidInputError(f"NodataRule of kind {rule.kind!r} is missing its value: set value to the "
                                     "nodata value in raw input units")
         matches = value_mask(raw, rule.value, tolerance=rule.tolerance)
-        if clean:
-            cleaned = clean_collar(matches, buffer=rule.buffer, opening_radius=OPENING_RADIUS)
+        fringe = None
+        if rule._fringe_width:
+            fringe = value_mask(raw, rule.value, tolerance=max(rule.tolerance, rule.fringe_tolerance or 0.0))
+        if not clean:
+            matches = matches if fringe is None else fringe
+        else:
+            cleaned = clean_collar(matches, buffer=rule.buffer, opening_radius=OPENING_RADIUS, fringe=fringe,
+                                   fringe_width=rule._fringe_width)
             matches = cleaned | matches if rule.kind == "tag" else cleaned
         nodata |= matches
 
@@ -425,7 +490,7 @@ def choose_nodata_rule(
 
 
 def widen_collar_tolerance(rule: NodataRule, band_scale: np.ndarray) -> NodataRule:
-    """Raise the tolerance of a ``"collar"`` rule to cover JPEG's almost-collar pixels.
+    """Give a ``"collar"`` rule the fringe tolerance that covers JPEG's almost-collar pixels.
 
     Parameters
     ----------
@@ -437,9 +502,11 @@ def widen_collar_tolerance(rule: NodataRule, band_scale: np.ndarray) -> NodataRu
     Returns
     -------
     NodataRule
-        The collar rule with ``tolerance = max(tolerance, 10/255 * min(band_scale))``.
+        The collar rule with ``fringe_tolerance = max(tolerance, 10/255 *
+        min(band_scale))``. Its ``tolerance`` is unchanged, so far from the
+        collar only pixels within that tolerance are nodata.
     """
     if rule.kind != "collar":
         return rule
-    tolerance = max(rule.tolerance, COLLAR_FRINGE_TOLERANCE * float(np.min(band_scale)))
-    return dataclasses.replace(rule, tolerance=tolerance)
+    fringe_tolerance = max(rule.tolerance, COLLAR_FRINGE_TOLERANCE * float(np.min(band_scale)))
+    return dataclasses.replace(rule, fringe_tolerance=fringe_tolerance)
