@@ -359,11 +359,12 @@ class NodataRule:
     def halo(self) -> int:
         """Pixels a window must be read beyond its edges to get an exact mask."""
         if self.kind in ("tag", "value", "collar"):
-            return collar_halo(self.buffer, OPENING_RADIUS, self._fringe_width)
+            return collar_halo(self.buffer, OPENING_RADIUS, self.fringe_width)
         return 0
 
     @property
-    def _fringe_width(self) -> int:
+    def fringe_width(self) -> int:
+        """Pixels from the collar within which ``fringe_tolerance`` applies; 0 without a fringe."""
         return COLLAR_FRINGE_WIDTH if self.kind == "collar" and self.fringe_tolerance is not None else 0
 
 
@@ -403,13 +404,13 @@ def valid_mask(
                                     "nodata value in raw input units")
         matches = value_mask(raw, rule.value, tolerance=rule.tolerance)
         fringe = None
-        if rule._fringe_width:
+        if rule.fringe_width:
             fringe = value_mask(raw, rule.value, tolerance=max(rule.tolerance, rule.fringe_tolerance or 0.0))
         if not clean:
             matches = matches if fringe is None else fringe
         else:
             cleaned = clean_collar(matches, buffer=rule.buffer, opening_radius=OPENING_RADIUS, fringe=fringe,
-                                   fringe_width=rule._fringe_width)
+                                   fringe_width=rule.fringe_width)
             matches = cleaned | matches if rule.kind == "tag" else cleaned
         nodata |= matches
 
