@@ -48,6 +48,9 @@ def test_cli_readme_command_writes_georeferenced_labels(tmp_path):
     assert metadata["input"]["nodata_rule"]["kind"] == "collar"
     assert metadata["method"] == "head-refine"
     assert metadata["head_refine"]["fell_back"] is False
+    # One E-step by default: no M-step ran, so convergence does not apply.
+    assert metadata["head_refine"]["m_steps"] == 0
+    assert metadata["head_refine"]["converged"] is None
     assert "backbone: texture" in result.output
 
 
@@ -60,7 +63,11 @@ def test_cli_rejects_v2_options_for_kmeans(tmp_path):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--k", "4", "--k-range", "2:6"], "--k and --k-range conflict"),
+        (["--k", "4", "--k-range", "2:6"], "--k-range only apply when the elbow rule chooses K, and --k fixes it"),
+        (["--k", "4", "--elbow-threshold", "10"], "--elbow-threshold only apply when the elbow rule chooses K"),
+        (["--scale", "0.5", "--target-resolution", "0.2"], "--target-resolution only applies with --scale auto, not --scale 0.5"),
+        (["--nodata", "none", "--collar-buffer", "5"], "--collar-buffer only apply to a nodata value"),
+        (["--nodata", "none", "--nodata-tolerance", "3"], "--nodata-tolerance only apply to a nodata value"),
         (["--k-range", "6:2"], "invalid --k-range '6:2'"),
         (["--bands", "1,x"], "invalid --bands '1,x'"),
         (["--model", "head-refine", "--tau", "0"], "tau must be > 0"),
@@ -210,6 +217,23 @@ def test_cli_missing_input_fails_before_backbone(tmp_path, monkeypatch):
     assert result.exit_code == 1
     assert f"failed  {tmp_path / 'missing.tif'}: file not found: check the path" in result.output
     assert "0 of 1 inputs segmented, 1 failed" in result.output
+
+
+@pytest.mark.parametrize("command", ["evaluate", "sweep"])
+def test_cli_output_that_is_a_file_fails_before_work(tmp_path, command, monkeypatch):
+    import tree_seg.models
+
+    def no_backbone(*args, **kwargs):
+        raise AssertionError("the backbone must not load when the output cannot be written")
+
+    monkeypatch.setattr(tree_seg.models, "load_backbone", no_backbone)
+    output = tmp_path / "taken"
+    output.write_text("not a folder")
+
+    result = _invoke(command, str(EXAMPLE if command == "sweep" else tmp_path), "-o", str(output))
+
+    assert result.exit_code == 2
+    assert "is a file; choose another --output" in " ".join(result.output.split())
 
 
 def test_cli_missing_input_counted_in_summary(tmp_path):

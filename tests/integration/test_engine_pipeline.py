@@ -149,6 +149,8 @@ def test_engine_head_refine_centroids_match_refine(head_refine_runs):
     record = result.metadata["head_refine"]
     assert record["tau"] == pytest.approx(expected.refinement.tau, rel=1e-6)
     assert record["iterations_run"] == expected.refinement.iterations_run
+    assert record["m_steps"] == expected.refinement.iterations_run - 1
+    assert record["converged"] == (expected.refinement.converged if record["m_steps"] else None)
     assert record["fell_back"] is False
     np.testing.assert_allclose(record["priors"], expected.refinement.priors, atol=1e-5)
 

@@ -136,6 +136,25 @@ def check_output_names(paths: list[Path]) -> None:
             )
 
 
+def _check_unused_options(config: SegmentationConfig, options: dict[str, Any]) -> None:
+    """Reject options that the resolved configuration would ignore."""
+    if config.cluster.k is not None:
+        elbow = [f"--{name.replace('_', '-')}" for name in ("k_range", "elbow_threshold") if options.get(name) is not None]
+        if elbow:
+            source = "--k" if options.get("k") is not None else "the profile's fixed k"
+            raise typer.BadParameter(f"{', '.join(elbow)} only apply when the elbow rule chooses K, and {source} "
+                                     "fixes it: drop one of them")
+    if options.get("target_resolution") is not None and config.window.scale != "auto":
+        raise typer.BadParameter(f"--target-resolution only applies with --scale auto, not --scale "
+                                 f"{config.window.scale:g}: drop one of them")
+    if config.read.nodata == "none":
+        unused = [f"--{name.replace('_', '-')}" for name in ("nodata_tolerance", "collar_buffer")
+                  if options.get(name) is not None]
+        if unused:
+            raise typer.BadParameter(f"{', '.join(unused)} only apply to a nodata value, and --nodata none "
+                                     "masks nothing: drop them or give --nodata a value")
+
+
 def check_output_folder(outdir: Path) -> None:
     """Create the output folder and check that it is writable, before any work.
 
@@ -144,6 +163,8 @@ def check_output_folder(outdir: Path) -> None:
     typer.BadParameter
         When the folder cannot be created or written.
     """
+    if outdir.exists() and not outdir.is_dir():
+        raise typer.BadParameter(f"output folder {outdir} is a file; choose another --output")
     try:
         outdir.mkdir(parents=True, exist_ok=True)
     except OSError as error:
@@ -154,6 +175,12 @@ def check_output_folder(outdir: Path) -> None:
             pass
     except OSError as error:
         raise typer.BadParameter(f"output folder {outdir} is not writable ({error.strerror}); choose another --output") from None
+
+
+def _remove_if_empty(outdir: Path, created: bool) -> None:
+    # A run that failed before writing anything leaves no empty folder behind.
+    if created and outdir.is_dir() and not any(outdir.iterdir()):
+        outdir.rmdir()
 
 
 def _print_stage_table(name: str, profile: dict[str, Any]) -> None:
@@ -186,8 +213,6 @@ def _config_from_options(
 ) -> SegmentationConfig:
     """Build the configuration from the options shared by segment, evaluate and sweep."""
     o = options
-    if o.get("k") is not None and o.get("k_range") is not None:
-        raise typer.BadParameter("--k and --k-range conflict: give a fixed K or a range, not both")
     k_min, k_max = parse_k_range(o["k_range"]) if o.get("k_range") else (None, None)
     threshold = o.get("elbow_threshold")
     if threshold is not None and not 0.0 < threshold < 100.0:
@@ -237,6 +262,7 @@ def _config_from_options(
     )
     if o.get("slic_size") is not None and config.labels.refine != "slic":
         raise typer.BadParameter("--slic-size only applies with --refine slic")
+    _check_unused_options(config, o)
     _check_window_early(config)
     return config
 
@@ -329,9 +355,8 @@ def segment(
     else:
         failures = run_batch(paths, outdir, config, show_metrics=metrics, pictures=pictures,
                              failed_before=len(problems))
-    if created and failures == len(paths) and not any(outdir.iterdir()):
-        # Every input failed and nothing was written: leave no empty folder behind.
-        outdir.rmdir()
+    if failures == len(paths):
+        _remove_if_empty(outdir, created)
     if failures or problems:
         raise typer.Exit(code=1)
 
@@ -394,6 +419,11 @@ def run_batch_dask(
     ``failed_before`` is counted in the summary line as in :func:`run_batch`.
     """
     from tree_seg.engine import segment_many
+
+    if not progress:
+        # Worker processes inherit the environment, so this also hides the
+        # weight-loading bar that each worker prints when its backbone loads.
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
     # Importing distributed installs its own INFO-level handler, so quieten it
     # after the import rather than in _setup_logging.
@@ -538,10 +568,13 @@ def evaluate(
         raise typer.BadParameter(str(error)) from None
     if not any(name.startswith("head-refine") for name in methods):
         _check_v2_options("kmeans", {"tau": tau, "alpha": alpha, "iterations": iterations, "blend": blend})
+    created = not outdir.exists()
+    check_output_folder(outdir)
 
     try:
         results = evaluate_dataset(dataset, outdir, config, methods=methods, pictures=pictures)
     except TreeSegError as error:
+        _remove_if_empty(outdir, created)
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(code=1) from None
 
@@ -619,9 +652,12 @@ def sweep(
     alpha_values = _parse_list(alphas, _parse_alpha, "--alphas")
     config = _config_from_options(method="head-refine", profile=profile, profiles_file=profiles_file,
                                   options=_shared_options(locals()))
+    created = not outdir.exists()
+    check_output_folder(outdir)
     try:
         rows = sweep_head_refine(source, outdir, config, taus=tau_values, alphas=alpha_values, mask_path=mask)
     except TreeSegError as error:
+        _remove_if_empty(outdir, created)
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(code=1) from None
 

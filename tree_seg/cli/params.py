@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-_V2 = "V2 (--model head-refine) only"
+_V2 = "V2 head refinement"
 
 BackboneOption = Annotated[str | None, typer.Option(help="Feature backbone: auto, texture, dinov3_vits16, dinov3_vits16plus, dinov3_vitb16, dinov3_vitl16, dinov3_vith16plus, dinov3_vit7b16, dinov3_vitl16_sat, dinov3_vit7b16_sat, dinov2_vits14, dinov2_vitb14, dinov2_vitl14, dinov2_vitg14, or the aliases small/small_plus/base/large/huge (DINOv3). auto uses DINOv3 ViT-S/16 when its weights are in the Hugging Face cache, else texture. [default: auto]", show_default=False)]
 
@@ -31,7 +31,7 @@ RefineOption = Annotated[str | None, typer.Option(help="Pixel snapping after lab
 
 UpsamplingOption = Annotated[str | None, typer.Option(help="Patch scores to pixels: nearest (hard labels) or bilinear (soft scores, then argmax). [default: nearest]", show_default=False)]
 
-SlicSizeOption = Annotated[int | None, typer.Option(help="SLIC superpixel side in input pixels, with --refine slic. [default: 16]", show_default=False)]
+SlicSizeOption = Annotated[int | None, typer.Option(help="SLIC superpixel side in input pixels, when SLIC snapping runs (--refine slic, or a +slic method of evaluate). [default: 16]", show_default=False)]
 
 NodataOption = Annotated[str | None, typer.Option(help="Nodata value in input units (a pixel is nodata when all its bands equal it, within --nodata-tolerance), 'auto' (tag, alpha band, NaN, then a black or white border collar) or 'none'. [default: auto]", show_default=False)]
 
@@ -81,4 +81,4 @@ SchedulerOption = Annotated[str | None, typer.Option(help="Address of a running 
 
 FeatureStoreOption = Annotated[Path | None, typer.Option(help="Zarr feature store: a .zarr path, or a folder for <stem>_features.zarr; a rerun with the same settings reuses it. [default: OUTDIR/<stem>_features.zarr]", show_default=False)]
 
-ProgressOption = Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bars of the Dask engine passes.")]
+ProgressOption = Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bars of the Dask engine passes and of weight loading.")]

@@ -667,14 +667,18 @@ def head_refine_metadata(refinement: Any, config: SegmentationConfig) -> dict[st
     """Return the JSON-ready record of a V2 refinement.
 
     ``refinement`` is a :class:`~tree_seg.clustering.head_refine.HeadRefineResult`
-    or the Dask engine's outcome, which have the same fields.
+    or the Dask engine's outcome, which have the same fields. ``converged``
+    is None when no M-step ran (one E-step, the default), because there was
+    nothing to converge.
     """
+    m_steps = max(int(refinement.iterations_run) - 1, 0)
     return {
         "tau": float(refinement.tau),
         "alpha": config.head_refine.alpha,
         "iterations": config.head_refine.iterations,
         "iterations_run": int(refinement.iterations_run),
-        "converged": bool(refinement.converged),
+        "m_steps": m_steps,
+        "converged": bool(refinement.converged) if m_steps else None,
         "fell_back": bool(refinement.fell_back),
         "fallback_reason": refinement.fallback_reason,
         "blend": config.head_refine.blend,

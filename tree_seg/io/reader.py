@@ -577,10 +577,11 @@ def open_raster(
             stacklevel=2,
         )
 
+    rule = raster.nodata_rule
+    fringe = f", fringe tolerance {rule.fringe_tolerance:g} within {rule.fringe_width} px" if rule.fringe_width else ""
     logger.info(
-        "Opened %s: %d x %d pixels, %s, bands %s, nodata rule %s (value=%s, tolerance=%s, buffer=%d)",
+        "Opened %s: %d x %d pixels, %s, bands %s, nodata rule %s (value=%s, tolerance=%s%s, buffer=%d)",
         raster.path or "array", raster.height, raster.width, raster.dtype, raster.band_indices,
-        raster.nodata_rule.kind, raster.nodata_rule.value, raster.nodata_rule.tolerance,
-        raster.nodata_rule.buffer,
+        rule.kind, rule.value, rule.tolerance, fringe, rule.buffer,
     )
     return raster
