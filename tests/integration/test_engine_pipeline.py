@@ -167,7 +167,9 @@ def test_engine_float16_store_near_in_memory(pattern, tmp_path):
 
 @pytest.mark.parametrize("method", ["kmeans", "head-refine"])
 def test_engine_last_chunk_smaller_than_halo(pattern_odd, tmp_path, method):
-    config = engine_config(method, 256)
+    # 192 px are two window strides of 96 px, so chunks of 12 patches leave
+    # a last column of one patch.
+    config = engine_config(method, 192)
     result = run_engine(pattern_odd, tmp_path, config, feature_dtype="float32")
     assert result.metadata["patch_grid"]["shape"] == [33, 49]
     assert result.metadata["engine"]["feature_chunk_patches"] == 12
@@ -197,7 +199,7 @@ def test_engine_nodata_pixels_255(pattern, tmp_path):
 
 
 def test_engine_resume_after_interrupt(pattern, tmp_path):
-    config = engine_config("head-refine", 128)
+    config = engine_config("head-refine", 96)
     store_path = tmp_path / "partial" / "pattern_features.zarr"
     build_feature_store(pattern, store_path, config, chunks=[(0, 0), (1, 2), (3, 4)], progress=False)
     done = zarr.open_array(store_path / "done", mode="r")[...]
@@ -214,7 +216,7 @@ def test_engine_resume_after_interrupt(pattern, tmp_path):
 
 
 def test_engine_rerun_reuses_store(pattern, tmp_path):
-    first = run_engine(pattern, tmp_path, engine_config("kmeans", 256))
+    first = run_engine(pattern, tmp_path, engine_config("kmeans", 192))
     second = run_engine(pattern, tmp_path, engine_config("head-refine", 512, head_refine={"blend": "neighbour"}))
     assert first.metadata["engine"]["feature_chunks_computed"] == first.metadata["engine"]["feature_chunks"]
     assert second.metadata["engine"]["feature_chunks_computed"] == 0

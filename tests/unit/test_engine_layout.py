@@ -9,13 +9,23 @@ from tree_seg.exceptions import ConfigurationError
 
 
 def test_patch_chunk_side_defaults():
-    # window 448, overlap 112: a stride of 336 px = 21 patches of 16 px; 2048 px hold 6 strides.
-    assert patch_chunk_side(2048, scale=1.0, patch_size=16, window=448, overlap=112) == 126
+    # window 448, overlap 112: a stride of 336 px = 21 patches of 16 px; 7 strides cover 2048 px.
+    assert patch_chunk_side(2048, scale=1.0, patch_size=16, window=448, overlap=112) == 147
 
 
 def test_patch_chunk_side_dinov2_patches():
-    # stride 224 - 56 = 168 px = 12 patches of 14 px; 2048 px hold 12 strides.
-    assert patch_chunk_side(2048, scale=1.0, patch_size=14, window=224, overlap=56) == 144
+    # stride 224 - 56 = 168 px = 12 patches of 14 px; 13 strides cover 2048 px.
+    assert patch_chunk_side(2048, scale=1.0, patch_size=14, window=224, overlap=56) == 156
+
+
+@pytest.mark.parametrize(("scale", "patch_size", "grid_side"), [(1.0, 16, 128), (0.5, 14, 74), (0.5, 16, 64)])
+def test_raster_of_chunk_size_is_one_chunk(scale, patch_size, grid_side):
+    # grid_side: patches along a 2048 px side, ceil(2048 * scale / patch_size).
+    side = patch_chunk_side(2048, scale=scale, patch_size=patch_size, window=28 * patch_size,
+                            overlap=7 * patch_size)
+
+    assert side >= grid_side
+    assert side * patch_size < 2048 * scale + 21 * patch_size
 
 
 def test_patch_chunk_side_multiple_of_stride():
@@ -28,8 +38,8 @@ def test_patch_chunk_side_multiple_of_stride():
 def test_patch_chunk_side_follows_scale():
     full = patch_chunk_side(2048, scale=1.0, patch_size=16, window=128, overlap=32)
     half = patch_chunk_side(2048, scale=0.5, patch_size=16, window=128, overlap=32)
-    assert full == 126
-    assert half == 60
+    assert full == 132
+    assert half == 66
 
 
 def test_patch_chunk_side_at_least_one_stride():

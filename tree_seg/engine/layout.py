@@ -78,15 +78,18 @@ def patch_chunk_side(chunk_size: int, *, scale: float, patch_size: int, window: 
     """Return the side, in patches, of the feature-pass chunks.
 
     The rule: the window stride in patches, ``s = (window - overlap) //
-    patch_size``, times the largest whole number of strides whose resampled
-    pixels fit in ``chunk_size * scale``, and at least one stride::
+    patch_size``, times the smallest whole number of strides whose resampled
+    pixels cover ``chunk_size * scale``::
 
-        side = s * max(1, floor(chunk_size * scale / (s * patch_size)))
+        side = s * max(1, ceil(chunk_size * scale / (s * patch_size)))
 
     With the defaults (``chunk_size`` 2048, window 448, overlap 112, patch
-    16, scale 1) the stride is 21 patches and a chunk is 126 patches, 2016
-    pixels. A chunk side therefore spans at most ``chunk_size * scale``
-    resampled pixels, unless one stride is already longer.
+    16, scale 1) the stride is 21 patches and a chunk is 147 patches, 2352
+    pixels. A chunk side therefore spans at least ``chunk_size * scale``
+    resampled pixels and less than one stride more, so a raster of
+    ``chunk_size`` pixels is one chunk. Rounding down instead split such a
+    raster into four chunks, three of them slivers of two patches that
+    recomputed whole windows.
 
     Parameters
     ----------
@@ -117,7 +120,7 @@ def patch_chunk_side(chunk_size: int, *, scale: float, patch_size: int, window: 
             f"the patch size {patch_size}"
         )
     stride_patches = stride // patch_size
-    strides = math.floor(chunk_size * scale / stride)
+    strides = math.ceil(chunk_size * scale / stride)
     return stride_patches * max(1, strides)
 
 
