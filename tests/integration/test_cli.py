@@ -63,17 +63,17 @@ def test_cli_rejects_v2_options_for_kmeans(tmp_path):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--k", "4", "--k-range", "2:6"], "--k-range only apply when the elbow rule chooses K, and --k fixes it"),
-        (["--k", "4", "--elbow-threshold", "10"], "--elbow-threshold only apply when the elbow rule chooses K"),
+        (["--k", "4", "--k-range", "2:6"], "--k-range only applies when the elbow rule chooses K, and --k fixes it"),
+        (["--k", "4", "--elbow-threshold", "10"], "--elbow-threshold only applies when the elbow rule chooses K"),
         (["--scale", "0.5", "--target-resolution", "0.2"], "--target-resolution only applies with --scale auto, not --scale 0.5"),
-        (["--nodata", "none", "--collar-buffer", "5"], "--collar-buffer only apply to a nodata value"),
-        (["--nodata", "none", "--nodata-tolerance", "3"], "--nodata-tolerance only apply to a nodata value"),
+        (["--nodata", "none", "--collar-buffer", "5"], "--collar-buffer only applies to a nodata value"),
+        (["--nodata", "none", "--nodata-tolerance", "3"], "--nodata-tolerance only applies to a nodata value"),
         (["--k-range", "6:2"], "invalid --k-range '6:2'"),
         (["--bands", "1,x"], "invalid --bands '1,x'"),
         (["--model", "head-refine", "--tau", "0"], "tau must be > 0"),
-        (["--model", "head-refine", "--alpha", "1.5"], "alpha=1.5"),
-        (["--model", "head-refine", "--iterations", "0"], "iterations=0"),
-        (["--refine", "crf"], "refine='crf'"),
+        (["--model", "head-refine", "--alpha", "1.5"], "invalid --alpha 1.5"),
+        (["--model", "head-refine", "--iterations", "0"], "invalid --iterations 0"),
+        (["--refine", "crf"], "invalid --refine crf"),
         (["--slic-size", "12"], "--slic-size only applies with --refine slic"),
         (["--profile", "fastest"], "unknown profile 'fastest'"),
         (["--nodata", "black"], "invalid --nodata 'black'"),
@@ -220,13 +220,8 @@ def test_cli_missing_input_fails_before_backbone(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("command", ["evaluate", "sweep"])
-def test_cli_output_that_is_a_file_fails_before_work(tmp_path, command, monkeypatch):
-    import tree_seg.models
-
-    def no_backbone(*args, **kwargs):
-        raise AssertionError("the backbone must not load when the output cannot be written")
-
-    monkeypatch.setattr(tree_seg.models, "load_backbone", no_backbone)
+def test_cli_output_file_rejected_early(tmp_path, command):
+    # Exit code 2 is a usage error, raised before any raster is read.
     output = tmp_path / "taken"
     output.write_text("not a folder")
 
@@ -337,6 +332,32 @@ def test_cli_sigterm_leaves_no_temporary_files(tmp_path):
     assert leftovers == []
     if code != 0:
         assert not (out / "big_head-refine_labels.tif").exists()
+
+
+def test_cli_interrupt_reports_finished_inputs(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    command = [sys.executable, "-c", "from tree_seg.cli.main import main; main()", "segment", str(EXAMPLE),
+               "-o", str(out), "--backbone", "texture", "--engine", "memory", "--no-pictures"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    log = []
+    for line in process.stderr:
+        log.append(line)
+        if "stage features started" in line:
+            process.send_signal(signal.SIGINT)
+            break
+    log.extend(process.stderr)
+    code = process.wait(timeout=120)
+    text = "".join(log)
+
+    assert code == 130
+    assert f"interrupted while segmenting {EXAMPLE}: 0 of 1 inputs finished before" in text
+    assert "stage features stopped by an error or interrupt after" in text
+    assert "stage features finished" not in text
+    assert not (out / "tcd_00000_image_head-refine_labels.tif").exists()
 
 
 def test_cli_unknown_backbone_lists_auto(tmp_path):

@@ -16,7 +16,7 @@ from typing import Annotated, Any
 import typer
 
 from tree_seg.cli import params as p
-from tree_seg.cli.options import build_config, parse_bands, parse_k_range, parse_nodata, parse_scale, parse_tau
+from tree_seg.cli.options import build_config, flag_names, parse_bands, parse_k_range, parse_nodata, parse_scale, parse_tau
 from tree_seg.config import SegmentationConfig, profile_names
 from tree_seg.exceptions import ConfigurationError, RefinementFallbackWarning, TreeSegError
 from tree_seg.log_context import InputTagFilter, input_context
@@ -142,7 +142,8 @@ def _check_unused_options(config: SegmentationConfig, options: dict[str, Any]) -
         elbow = [f"--{name.replace('_', '-')}" for name in ("k_range", "elbow_threshold") if options.get(name) is not None]
         if elbow:
             source = "--k" if options.get("k") is not None else "the profile's fixed k"
-            raise typer.BadParameter(f"{', '.join(elbow)} only apply when the elbow rule chooses K, and {source} "
+            verb = "applies" if len(elbow) == 1 else "apply"
+            raise typer.BadParameter(f"{' and '.join(elbow)} only {verb} when the elbow rule chooses K, and {source} "
                                      "fixes it: drop one of them")
     if options.get("target_resolution") is not None and config.window.scale != "auto":
         raise typer.BadParameter(f"--target-resolution only applies with --scale auto, not --scale "
@@ -151,7 +152,8 @@ def _check_unused_options(config: SegmentationConfig, options: dict[str, Any]) -
         unused = [f"--{name.replace('_', '-')}" for name in ("nodata_tolerance", "collar_buffer")
                   if options.get(name) is not None]
         if unused:
-            raise typer.BadParameter(f"{', '.join(unused)} only apply to a nodata value, and --nodata none "
+            verb = "applies" if len(unused) == 1 else "apply"
+            raise typer.BadParameter(f"{' and '.join(unused)} only {verb} to a nodata value, and --nodata none "
                                      "masks nothing: drop them or give --nodata a value")
 
 
@@ -349,12 +351,18 @@ def segment(
     created = not outdir.exists()
     check_output_folder(outdir)
     dask_options = {"workers": workers, "chunk_size": chunk_size, "scheduler": scheduler, "feature_store": feature_store}
-    if _use_dask(engine, list(shapes.values()), config, dask_options):
-        failures = run_batch_dask(paths, outdir, config, show_metrics=metrics, pictures=pictures,
-                                  progress=progress and not quiet, failed_before=len(problems))
-    else:
-        failures = run_batch(paths, outdir, config, show_metrics=metrics, pictures=pictures,
-                             failed_before=len(problems))
+    try:
+        if _use_dask(engine, list(shapes.values()), config, dask_options):
+            failures = run_batch_dask(paths, outdir, config, show_metrics=metrics, pictures=pictures,
+                                      progress=progress and not quiet, failed_before=len(problems))
+        else:
+            failures = run_batch(paths, outdir, config, show_metrics=metrics, pictures=pictures,
+                                 failed_before=len(problems))
+    except KeyboardInterrupt:
+        # Interrupted outside an input, e.g. while the pipeline was imported.
+        typer.echo("\ninterrupted before any input finished", err=True)
+        _remove_if_empty(outdir, created)
+        raise typer.Exit(code=130) from None
     if failures == len(paths):
         _remove_if_empty(outdir, created)
     if failures or problems:
@@ -431,7 +439,12 @@ def run_batch_dask(
 
     if not logger.isEnabledFor(logging.DEBUG):
         logging.getLogger("distributed").setLevel(logging.WARNING)
-    items = segment_many(paths, outdir, config, pictures=pictures, progress=progress)
+    try:
+        items = segment_many(paths, outdir, config, pictures=pictures, progress=progress)
+    except KeyboardInterrupt:
+        typer.echo("\ninterrupted: inputs with a _labels.tif are complete; run the same command again to resume "
+                   "the others from their feature stores", err=True)
+        raise typer.Exit(code=130) from None
     for item in items:
         if item.status == "ok" and show_metrics:
             _print_stage_table(item.path.name, _engine_profile(item.result))
@@ -470,7 +483,7 @@ def run_batch(
     try:
         backbone = load_backbone(config.backbone)
     except TreeSegError as error:
-        typer.echo(f"error: {error}", err=True)
+        typer.echo(f"Error: {flag_names(str(error))}", err=True)
         return len(paths)
 
     rows: list[tuple[str, str, str]] = []
@@ -478,6 +491,11 @@ def run_batch(
         try:
             with input_context(path.name):
                 run, files = segment_to_files(path, outdir, config, backbone=backbone, pictures=pictures)
+        except KeyboardInterrupt:
+            finished = sum(1 for _, status, _ in rows if status == "ok")
+            typer.echo(f"\ninterrupted while segmenting {path}: {finished} of {len(paths)} inputs finished before, "
+                       "with complete outputs", err=True)
+            raise typer.Exit(code=130) from None
         except (TreeSegError, OSError) as error:
             # The summary at the end prints the error, so the log keeps it at debug level.
             logger.debug("failed on %s: %s", path, error)
@@ -575,7 +593,7 @@ def evaluate(
         results = evaluate_dataset(dataset, outdir, config, methods=methods, pictures=pictures)
     except TreeSegError as error:
         _remove_if_empty(outdir, created)
-        typer.echo(f"error: {error}", err=True)
+        typer.echo(f"Error: {flag_names(str(error))}", err=True)
         raise typer.Exit(code=1) from None
 
     typer.echo(f"\n{'method':<20}{'mIoU m2o':>10}{'mIoU hung':>11}{'bound. F':>10}{'pix acc':>9}{'K':>10}{'seconds':>9}")
@@ -658,7 +676,7 @@ def sweep(
         rows = sweep_head_refine(source, outdir, config, taus=tau_values, alphas=alpha_values, mask_path=mask)
     except TreeSegError as error:
         _remove_if_empty(outdir, created)
-        typer.echo(f"error: {error}", err=True)
+        typer.echo(f"Error: {flag_names(str(error))}", err=True)
         raise typer.Exit(code=1) from None
 
     typer.echo(f"\n{'tau':>8}{'tau used':>10}{'alpha':>7}{'clusters':>10}{'iters':>7}{'mIoU':>8}{'bound. F':>10}")

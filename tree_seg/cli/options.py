@@ -7,6 +7,7 @@ Typer prints as one line naming the option.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,28 @@ import typer
 from tree_seg.config import SegmentationConfig, load_profile
 from tree_seg.exceptions import ConfigurationError
 
-__all__ = ["build_config", "parse_bands", "parse_k_range", "parse_nodata", "parse_scale", "parse_tau"]
+__all__ = ["build_config", "flag_names", "parse_bands", "parse_k_range", "parse_nodata", "parse_scale", "parse_tau"]
+
+# Configuration fields that a command-line option sets under another name.
+_OPTIONS = {"k_min": "--k-range", "k_max": "--k-range", "name": "--backbone", "weights": "--weights"}
+_FIELDS = ("alpha", "batch_size", "blend", "chunk_size", "collar_buffer", "device", "iterations", "k",
+           "nodata_tolerance", "overlap", "refine", "scale", "seed", "slic_size", "target_resolution", "tau",
+           "upsampling", "window", "workers")
+_FIELD_VALUE = re.compile(r"\b(" + "|".join(sorted([*_FIELDS, *_OPTIONS], key=len, reverse=True)) + r")=('([^']*)'|[^\s:,;)]+)")
+
+
+def flag_names(message: str) -> str:
+    """Rewrite ``field=value`` in a configuration message as the option, ``--field value``.
+
+    The library's messages name dataclass fields, which a command-line user
+    never typed.
+    """
+    def option(match: re.Match[str]) -> str:
+        field, value, quoted = match.group(1), match.group(2), match.group(3)
+        flag = _OPTIONS.get(field, "--" + field.replace("_", "-"))
+        return f"{flag} {quoted if quoted is not None else value}"
+
+    return _FIELD_VALUE.sub(option, message)
 
 
 def parse_bands(text: str) -> tuple[int, ...]:
@@ -122,4 +144,4 @@ def build_config(
         updates = load_profile(profile, profiles_file) if profile else {}
         return SegmentationConfig().with_updates(_merge(updates, cleaned))
     except ConfigurationError as error:
-        raise typer.BadParameter(str(error)) from None
+        raise typer.BadParameter(flag_names(str(error))) from None

@@ -70,13 +70,15 @@ class RunProfile:
         """Time the block as stage ``name`` and log its duration."""
         logger.info("stage %s started", name)
         start = time.perf_counter()
+        outcome = "stopped by an error or interrupt after"
         try:
             yield
+            outcome = "finished in"
         finally:
             elapsed = time.perf_counter() - start
             self.stages[name] = self.stages.get(name, 0.0) + elapsed
             self.stage_peak_rss_mb[name] = peak_rss_mb()
-            logger.info("stage %s finished in %.2f s", name, elapsed)
+            logger.info("stage %s %s %.2f s", name, outcome, elapsed)
 
     def record_batch(self, n_windows: int, seconds: float) -> None:
         """Record one batch of windows when detailed profiling is on."""

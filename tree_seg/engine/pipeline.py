@@ -129,12 +129,14 @@ class _Timer:
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
         started = time.perf_counter()
+        outcome = "stopped by an error or interrupt after"
         try:
             yield
+            outcome = "finished in"
         finally:
             elapsed = time.perf_counter() - started
             self.seconds[name] = self.seconds.get(name, 0.0) + elapsed
-            logger.info("pass %s finished in %.2f s", name, elapsed)
+            logger.info("pass %s %s %.2f s", name, outcome, elapsed)
 
 
 @contextmanager
