@@ -360,6 +360,24 @@ def test_cli_interrupt_reports_finished_inputs(tmp_path):
     assert not (out / "tcd_00000_image_head-refine_labels.tif").exists()
 
 
+def test_check_rasters_leaves_missing_crs_warning_to_reader(tmp_path):
+    from PIL import Image
+    from rasterio.errors import NotGeoreferencedWarning
+
+    from tree_seg.cli.main import check_rasters
+
+    path = tmp_path / "photo.png"
+    Image.fromarray(np.zeros((20, 30, 3), dtype=np.uint8)).save(path)
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        shapes, problems = check_rasters([path], None)
+
+    assert shapes == {path: (20, 30)}
+    assert problems == []
+    assert not any(issubclass(warning.category, NotGeoreferencedWarning) for warning in caught)
+
+
 def test_cli_unknown_backbone_lists_auto(tmp_path):
     result = _invoke("segment", str(EXAMPLE), "-o", str(tmp_path), "--backbone", "resnet50")
 

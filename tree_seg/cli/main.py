@@ -385,13 +385,17 @@ def check_rasters(
         The others, with the reason.
     """
     import rasterio
+    from rasterio.errors import NotGeoreferencedWarning
 
     readable: dict[Path, tuple[int, int]] = {}
     problems: list[tuple[str, str]] = []
     for path in paths:
         try:
-            with rasterio.open(path) as src:
-                count, shape = src.count, (src.height, src.width)
+            # The reader warns about a missing CRS later, in tree_seg's words.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", NotGeoreferencedWarning)
+                with rasterio.open(path) as src:
+                    count, shape = src.count, (src.height, src.width)
         except (rasterio.errors.RasterioIOError, OSError) as error:
             problems.append((str(path), f"not a readable raster ({error}): check the file"))
             continue
