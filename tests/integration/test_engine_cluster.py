@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+
 import numpy as np
 import pytest
 import rasterio
@@ -55,6 +57,15 @@ def tile_crop(shared_data, tmp_path):
     with rasterio.open(path, "w", **profile) as dst:
         dst.write(data)
     return path
+
+
+def test_local_workers_ignore_terminal_interrupt():
+    # Ctrl-C reaches the whole process group; only this process should act on it.
+    with open_client(EngineConfig(workers=2), dashboard_address=LOOPBACK_DASHBOARD) as client:
+        ignored = client.run(lambda: signal.getsignal(signal.SIGINT) == signal.SIG_IGN)
+
+    assert list(ignored.values()) == [True, True]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 @pytest.mark.parametrize("method", ["kmeans", "head-refine"])

@@ -21,6 +21,8 @@ absent resource never runs.
 from __future__ import annotations
 
 import logging
+import signal
+import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -30,8 +32,8 @@ from typing import Any, TypeVar
 import dask
 import psutil
 from dask.system import CPU_COUNT
-from distributed import Client, LocalCluster, as_completed
 
+from distributed import Client, LocalCluster, as_completed
 from tree_seg.config import EngineConfig
 from tree_seg.engine.layout import Block
 from tree_seg.engine.progress import chunk_bar
@@ -145,15 +147,16 @@ def open_client(
     logger.info("Starting a LocalCluster: %d worker process(es), %d thread(s) each, %.1f GiB each, resources %s",
                 size.n_workers, size.threads_per_worker, size.memory_limit / 2**30, size.resources or "none")
     try:
-        cluster = LocalCluster(
-            n_workers=size.n_workers,
-            threads_per_worker=size.threads_per_worker,
-            processes=True,
-            host="127.0.0.1",
-            memory_limit=size.memory_limit,
-            dashboard_address=dashboard_address,
-            resources=size.resources or None,
-        )
+        with _interrupts_ignored_by_new_processes():
+            cluster = LocalCluster(
+                n_workers=size.n_workers,
+                threads_per_worker=size.threads_per_worker,
+                processes=True,
+                host="127.0.0.1",
+                memory_limit=size.memory_limit,
+                dashboard_address=dashboard_address,
+                resources=size.resources or None,
+            )
     except RuntimeError as error:
         # Worker processes start by importing the main module, so a script
         # that starts the engine at import time cannot start workers.
@@ -164,6 +167,23 @@ def open_client(
     with cluster, Client(cluster) as client:
         logger.info("Dask dashboard: %s", client.dashboard_link)
         yield client
+
+
+@contextmanager
+def _interrupts_ignored_by_new_processes() -> Iterator[None]:
+    # Ctrl-C in a terminal sends SIGINT to every process of the foreground
+    # group, and each worker printed a KeyboardInterrupt traceback. A process
+    # started while SIGINT is ignored keeps ignoring it, because Python leaves
+    # an ignored SIGINT alone at startup. This process still gets the
+    # KeyboardInterrupt and closes the cluster, which stops the workers.
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def workers_have_gpu(client: Client | None) -> bool:
