@@ -171,11 +171,9 @@ def open_client(
 
 @contextmanager
 def _interrupts_ignored_by_new_processes() -> Iterator[None]:
-    # Ctrl-C in a terminal sends SIGINT to every process of the foreground
-    # group, and each worker printed a KeyboardInterrupt traceback. A process
-    # started while SIGINT is ignored keeps ignoring it, because Python leaves
-    # an ignored SIGINT alone at startup. This process still gets the
-    # KeyboardInterrupt and closes the cluster, which stops the workers.
+    # A terminal's Ctrl-C reaches every process of the group. Workers started
+    # while SIGINT is ignored keep ignoring it (Python leaves it so at startup),
+    # so only this process gets the KeyboardInterrupt, and it closes the cluster.
     if threading.current_thread() is not threading.main_thread():
         yield
         return
