@@ -34,7 +34,7 @@ class FeatureStoreMismatchError(TreeSegError, ValueError):
 
 
 class ClusterStartError(TreeSegError, RuntimeError):
-    """Error raised when the local Dask cluster cannot start its worker processes."""
+    """Error raised when the local Dask cluster cannot start, or a given scheduler cannot be reached."""
 
 
 class TreeSegWarning(UserWarning):

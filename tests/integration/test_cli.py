@@ -68,6 +68,8 @@ def test_cli_rejects_v2_options_for_kmeans(tmp_path):
         (["--scale", "0.5", "--target-resolution", "0.2"], "--target-resolution only applies with --scale auto, not --scale 0.5"),
         (["--nodata", "none", "--collar-buffer", "5"], "--collar-buffer only applies to a nodata value"),
         (["--nodata", "none", "--nodata-tolerance", "3"], "--nodata-tolerance only applies to a nodata value"),
+        (["--workers", "2", "--scheduler", "synchronous"], "--workers only sizes the local cluster"),
+        (["--window", "450"], "--window 450 is not a multiple of the patch size 16"),
         (["--k-range", "6:2"], "invalid --k-range '6:2'"),
         (["--bands", "1,x"], "invalid --bands '1,x'"),
         (["--model", "head-refine", "--tau", "0"], "tau must be > 0"),
@@ -77,7 +79,7 @@ def test_cli_rejects_v2_options_for_kmeans(tmp_path):
         (["--slic-size", "12"], "--slic-size only applies with --refine slic"),
         (["--profile", "fastest"], "unknown profile 'fastest'"),
         (["--nodata", "black"], "invalid --nodata 'black'"),
-        (["--backbone", "dinov2_vits14", "--window", "448", "--overlap", "64"], "overlap=64 is not a multiple of the patch size 14"),
+        (["--backbone", "dinov2_vits14", "--window", "448", "--overlap", "64"], "--overlap 64 is not a multiple of the patch size 14"),
         (["--backbone", "nonsense"], "nonsense"),
     ],
 )
@@ -358,6 +360,16 @@ def test_cli_interrupt_reports_finished_inputs(tmp_path):
     assert "stage features stopped by an error or interrupt after" in text
     assert "stage features finished" not in text
     assert not (out / "tcd_00000_image_head-refine_labels.tif").exists()
+
+
+def test_cli_feature_store_file_rejected(tmp_path):
+    store = tmp_path / "store"
+    store.write_text("not a store")
+
+    result = _invoke("segment", str(EXAMPLE), "-o", str(tmp_path / "out"), "--feature-store", str(store))
+
+    assert result.exit_code == 2
+    assert "is a file: pass a .zarr store or a folder" in " ".join(result.output.split())
 
 
 def test_check_rasters_leaves_missing_crs_warning_to_reader(tmp_path):

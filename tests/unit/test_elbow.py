@@ -43,7 +43,7 @@ def test_select_k_drop_after_elbow_is_small():
 def test_select_k_warns_at_top_of_range():
     x = _separated_blobs(1, n_clusters=8)
 
-    with pytest.warns(ElbowRangeWarning, match="raise k_max"):
+    with pytest.warns(ElbowRangeWarning, match=r"raise k_max \(the top of --k-range\)"):
         result = select_k(x, k_min=2, k_max=4, threshold=0.10, seed=0, n_init=2)
 
     assert result.k == 4

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+import dask
 import pytest
 from distributed import Client, LocalCluster, get_worker
 
@@ -11,6 +12,7 @@ from tree_seg.config import EngineConfig
 from tree_seg.engine.cluster import Executor, local_cluster_size, open_client, tree_reduce, workers_have_gpu
 from tree_seg.engine.layout import iter_blocks
 from tree_seg.engine.progress import progress_enabled
+from tree_seg.exceptions import ClusterStartError
 
 
 def _pair(*parts):
@@ -90,6 +92,13 @@ def test_open_client_connects_to_address(gpu_client):
         assert client.scheduler.address == address
         assert len(client.scheduler_info(n_workers=-1)["workers"]) == 1
     assert gpu_client.status == "running"
+
+
+def test_open_client_unreachable_scheduler_names_address():
+    with dask.config.set({"distributed.comm.timeouts.connect": "1s"}):
+        with pytest.raises(ClusterStartError, match=r"cannot connect to the Dask scheduler at tcp://127\.0\.0\.1:1 "):
+            with open_client(EngineConfig(scheduler="tcp://127.0.0.1:1")):
+                pass
 
 
 def test_executor_synchronous_map_in_order():

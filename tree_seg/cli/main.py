@@ -283,7 +283,7 @@ def _check_window_early(config: SegmentationConfig) -> None:
         check_patch_multiple("window", config.window.window, patch_size)
         check_patch_multiple("overlap", config.window.overlap, patch_size)
     except ConfigurationError as error:
-        raise typer.BadParameter(str(error)) from None
+        raise typer.BadParameter(flag_names(str(error))) from None
 
 
 @app.command()
@@ -417,6 +417,12 @@ def _use_dask(engine: str, shapes: list[tuple[int, int]], config: SegmentationCo
         if given:
             raise typer.BadParameter(f"{', '.join(given)}: these options apply only to the Dask engine; drop them or use --engine dask")
         return False
+    if dask_options.get("workers") is not None and dask_options.get("scheduler") is not None:
+        raise typer.BadParameter("--workers only sizes the local cluster that tree-seg starts; drop it with "
+                                 "--scheduler, whose workers are set where it runs")
+    feature_store = dask_options.get("feature_store")
+    if feature_store is not None and Path(feature_store).is_file():
+        raise typer.BadParameter(f"--feature-store {feature_store} is a file: pass a .zarr store or a folder")
     if engine == "dask" or given:
         return True
     return any(max(shape) > config.engine.chunk_size for shape in shapes)
@@ -445,6 +451,9 @@ def run_batch_dask(
         logging.getLogger("distributed").setLevel(logging.WARNING)
     try:
         items = segment_many(paths, outdir, config, pictures=pictures, progress=progress)
+    except TreeSegError as error:
+        typer.echo(f"Error: {flag_names(str(error))}", err=True)
+        return len(paths)
     except KeyboardInterrupt:
         typer.echo("\ninterrupted: inputs with a _labels.tif are complete; run the same command again to resume "
                    "the others from their feature stores", err=True)
@@ -455,7 +464,9 @@ def run_batch_dask(
     typer.echo("\nengine: dask")
     for item in items:
         if item.status == "ok":
-            detail = f"{_k_text(item.result.k, item.result.metadata['clusters_used'])} -> {item.result.labels_path}"
+            seconds = sum(item.result.timings.values())
+            k_text = _k_text(item.result.k, item.result.metadata["clusters_used"])
+            detail = f"{k_text}, {seconds:.1f} s -> {item.result.labels_path}"
         else:
             detail = item.error
         typer.echo(f"{item.status:<7} {item.path}: {detail}")

@@ -136,7 +136,12 @@ def open_client(
 
     if engine.scheduler is not None:
         logger.info("Connecting to the Dask scheduler at %s", engine.scheduler)
-        with Client(engine.scheduler) as client:
+        try:
+            connected = Client(engine.scheduler)
+        except OSError as error:
+            raise ClusterStartError(f"cannot connect to the Dask scheduler at {engine.scheduler} ({error}): check "
+                                    "that it runs and that the address is right, or drop --scheduler") from error
+        with connected as client:
             n_workers = len(client.scheduler_info(n_workers=-1)["workers"])
             logger.info("Connected to %s with %d workers; dashboard %s", engine.scheduler, n_workers,
                         client.dashboard_link)

@@ -284,8 +284,9 @@ class FeatureStore(ZarrArrays):
                 raise FeatureStoreMismatchError(_mismatch_message(path, stored.get("settings", {}), settings))
             stored_side = int(stored["chunk_side"])
             if stored_side != chunk_side:
-                logger.info("Feature store %s keeps its chunks of %d patches (this run asked for %d)",
-                            path, stored_side, chunk_side)
+                logger.warning("Feature store %s keeps its chunks of %d patches, so the chunk size of this run "
+                               "(%d patches) does not apply; labels do not depend on it. Pass another "
+                               "--feature-store to change it.", path, stored_side, chunk_side)
             store = cls(path, tuple(stored["patch_shape"]), int(stored["feature_dim"]), stored_side)
         else:
             attrs: dict[str, Any] = {

@@ -368,9 +368,10 @@ def _segment(executor: Executor, source_path: Path, outdir: Path, config: Segmen
         source = open_raster(source_path, config.read, chunks=None)
         store, feature_context, info = _open_feature_store(executor, source, config, store_path, feature_dtype)
     geometry = feature_context.geometry
-    logger.info("Engine run on %s: %d x %d pixels, %d x %d patches in %d chunks of %d patches, label chunks of %d px",
-                source_path, *geometry.input_shape, *geometry.patch_shape, len(store.blocks()), store.chunk_side,
-                config.engine.chunk_size)
+    n_chunks = len(store.blocks())
+    logger.info("Engine run on %s: %d x %d pixels, %d x %d patches in %d chunk%s of %d patches, label chunks of %d px",
+                source_path, *geometry.input_shape, *geometry.patch_shape, n_chunks, "" if n_chunks == 1 else "s",
+                store.chunk_side, config.engine.chunk_size)
 
     with timer.stage("features"):
         computed = passes.feature_pass(executor, feature_context)
