@@ -167,14 +167,14 @@ def test_head_refine_neighbour_speed(neighbour_timings):
 
 def test_head_refine_neighbour_close_to_its_products(neighbour_timings):
     # The softmax, blend and bookkeeping must cost less than the products.
-    # Measured 1.25-1.39x here, and 1.70x once on a busy machine.
+    # Measured 1.19-1.39x here, and 1.70x once on a busy machine.
     seconds, floor_seconds, _, _, _ = neighbour_timings
 
     assert seconds < 2.0 * floor_seconds
 
 
 def test_head_refine_neighbour_speedup(neighbour_timings):
-    # Measured 106-110x on an idle 2-core machine. It needs an idle machine:
+    # Measured 103-110x over eight runs on an idle 2-core machine. It needs an idle machine:
     # one busy core slows torch's two threads far more than the
     # single-threaded reference.
     seconds, _, reference_seconds, _, _ = neighbour_timings
