@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
+import torch
 from scipy import ndimage
 from typer.testing import CliRunner
 
@@ -70,6 +71,9 @@ def test_cli_rejects_v2_options_for_kmeans(tmp_path):
         (["--nodata", "none", "--nodata-tolerance", "3"], "--nodata-tolerance only applies to a nodata value"),
         (["--workers", "2", "--scheduler", "synchronous"], "--workers only sizes the local cluster"),
         (["--window", "450"], "--window 450 is not a multiple of the patch size 16"),
+        pytest.param(["--device", "cuda"], "--device cuda: CUDA is not available here",
+                     marks=pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")),
+        (["-v", "-q"], "--verbose and --quiet conflict"),
         (["--k-range", "6:2"], "invalid --k-range '6:2'"),
         (["--bands", "1,x"], "invalid --bands '1,x'"),
         (["--model", "head-refine", "--tau", "0"], "tau must be > 0"),
@@ -325,7 +329,12 @@ def test_cli_sigterm_leaves_no_temporary_files(tmp_path):
                "-o", str(out), "--backbone", "texture", "--engine", "memory", "-q"]
 
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(4.0)
+    # The output folder appears once the command runs, after main() has
+    # installed its SIGTERM handler; a fixed delay raced with a slow start.
+    deadline = time.monotonic() + 60
+    while not out.exists() and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    time.sleep(1.0)
     process.send_signal(signal.SIGTERM)
     code = process.wait(timeout=120)
 

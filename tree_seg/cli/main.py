@@ -52,6 +52,8 @@ def _root(
 
 
 def _setup_logging(verbose: int, quiet: bool) -> None:
+    if verbose and quiet:
+        raise typer.BadParameter("--verbose and --quiet conflict: give one of them")
     level = logging.INFO
     if quiet:
         level = logging.WARNING
@@ -265,6 +267,12 @@ def _config_from_options(
     if o.get("slic_size") is not None and config.labels.refine != "slic":
         raise typer.BadParameter("--slic-size only applies with --refine slic")
     _check_unused_options(config, o)
+    if o.get("device") is not None and config.backbone.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise typer.BadParameter(f"--device {config.backbone.device}: CUDA is not available here; "
+                                     "use --device auto or cpu")
     _check_window_early(config)
     return config
 
