@@ -138,6 +138,22 @@ def test_cli_metrics_prints_stage_table(tmp_path):
     assert np.isfinite(metadata["profile"]["seconds_per_window"])
 
 
+def test_cli_dask_metrics_table_has_write_pass(tmp_path):
+    source = _write_crop(tmp_path / "crop.tif")
+
+    result = _invoke("segment", str(source), "-o", str(tmp_path / "out"), "--scheduler", "synchronous", "--metrics",
+                     "--k", "3", "--backbone", "texture", "--model", "kmeans", "--no-pictures", "--no-progress")
+
+    assert result.exit_code == 0, result.output
+    table = result.output.split("time per stage", 1)[1]
+    assert "write" in table
+    assert "peak RSS of this process (Dask workers not counted)" in table
+    rows = [line.split() for line in table.splitlines() if line.startswith("  ")]
+    seconds = {row[0]: float(row[1]) for row in rows if len(row) == 2 and row[0] != "stage"}
+    total = seconds.pop("total")
+    assert total == pytest.approx(sum(seconds.values()), abs=0.05)
+
+
 def test_cli_engine_memory_rejects_dask_options(tmp_path):
     result = _invoke("segment", str(EXAMPLE), "-o", str(tmp_path), "--engine", "memory", "--workers", "2")
     assert result.exit_code == 2
