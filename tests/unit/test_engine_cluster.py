@@ -96,7 +96,7 @@ def test_open_client_connects_to_address(gpu_client):
 
 def test_open_client_unreachable_scheduler_names_address():
     with dask.config.set({"distributed.comm.timeouts.connect": "1s"}):
-        with pytest.raises(ClusterStartError, match=r"cannot connect to the Dask scheduler at tcp://127\.0\.0\.1:1 "):
+        with pytest.raises(ClusterStartError, match=r"failed to connect to the Dask scheduler at tcp://127\.0\.0\.1:1 "):
             with open_client(EngineConfig(scheduler="tcp://127.0.0.1:1")):
                 pass
 

@@ -139,7 +139,7 @@ def open_client(
         try:
             connected = Client(engine.scheduler)
         except OSError as error:
-            raise ClusterStartError(f"cannot connect to the Dask scheduler at {engine.scheduler} ({error}): check "
+            raise ClusterStartError(f"failed to connect to the Dask scheduler at {engine.scheduler} ({error}): check "
                                     "that it runs and that the address is right, or drop --scheduler") from error
         with connected as client:
             n_workers = len(client.scheduler_info(n_workers=-1)["workers"])
