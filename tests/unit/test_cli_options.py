@@ -19,6 +19,12 @@ def test_flag_names_rewrites_fields(message, expected):
     assert flag_names(message) == expected
 
 
+def test_flag_names_rewrites_settings_keys():
+    message = "written with other settings (window.scale: stored 0.5, now 0.4; read.collar_buffer: stored 3, now 5)"
+
+    assert flag_names(message) == "written with other settings (--scale: stored 0.5, now 0.4; --collar-buffer: stored 3, now 5)"
+
+
 def test_flag_names_leaves_other_words():
     message = "invalid bulk=3 and chunk size 10; k is fine"
 

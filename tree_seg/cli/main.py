@@ -477,7 +477,7 @@ def run_batch_dask(
             k_text = _k_text(item.result.k, item.result.metadata["clusters_used"])
             detail = f"{k_text}, {seconds:.1f} s -> {item.result.labels_path}"
         else:
-            detail = item.error
+            detail = flag_names(item.error or "")
         typer.echo(f"{item.status:<7} {item.path}: {detail}")
     failed = sum(1 for item in items if item.status != "ok")
     _print_summary(len(items) + failed_before, failed + failed_before)

@@ -23,6 +23,7 @@ _OPTIONS = {"k_min": "--k-range", "k_max": "--k-range", "name": "--backbone", "w
 _FIELDS = ("alpha", "batch_size", "blend", "chunk_size", "collar_buffer", "device", "iterations", "k",
            "nodata_tolerance", "overlap", "refine", "scale", "seed", "slic_size", "target_resolution", "tau",
            "upsampling", "window", "workers")
+_SECTION_FIELD = re.compile(r"\b(?:read|window|backbone|cluster|head_refine|labels|engine)\.(" + "|".join(_FIELDS) + r")\b(?=:)")
 _FIELD_VALUE = re.compile(r"\b(" + "|".join(sorted([*_FIELDS, *_OPTIONS], key=len, reverse=True)) + r")=('([^']*)'|[^\s:,;)]+)")
 
 
@@ -30,13 +31,15 @@ def flag_names(message: str) -> str:
     """Rewrite ``field=value`` in a configuration message as the option, ``--field value``.
 
     The library's messages name dataclass fields, which a command-line user
-    never typed.
+    never typed. A ``section.field:`` key, as in a feature-store mismatch,
+    becomes ``--field:``.
     """
     def option(match: re.Match[str]) -> str:
         field, value, quoted = match.group(1), match.group(2), match.group(3)
         flag = _OPTIONS.get(field, "--" + field.replace("_", "-"))
         return f"{flag} {quoted if quoted is not None else value}"
 
+    message = _SECTION_FIELD.sub(lambda match: "--" + match.group(1).replace("_", "-"), message)
     return _FIELD_VALUE.sub(option, message)
 
 
