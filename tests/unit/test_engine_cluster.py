@@ -94,6 +94,24 @@ def test_open_client_connects_to_address(gpu_client):
     assert gpu_client.status == "running"
 
 
+def _worker_name():
+    return get_worker().name
+
+
+def test_run_on_each_worker_reaches_every_worker():
+    with (
+        LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address="127.0.0.1:0") as cluster,
+        Client(cluster) as client,
+    ):
+        names = Executor(client, progress=False).run_on_each_worker(_worker_name)
+
+    assert sorted(names) == [0, 1]
+
+
+def test_run_on_each_worker_without_client_runs_here():
+    assert Executor(None, progress=False).run_on_each_worker(_pair, 1, 2) == [(1, 2)]
+
+
 def test_open_client_unreachable_scheduler_names_address():
     with dask.config.set({"distributed.comm.timeouts.connect": "1s"}):
         with pytest.raises(ClusterStartError, match=r"failed to connect to the Dask scheduler at tcp://127\.0\.0\.1:1 "):

@@ -268,6 +268,22 @@ class Executor:
         future = self.client.submit(func, *args, pure=False, **annotations)
         return future.result()
 
+    def run_on_each_worker(self, func: Callable[..., T], *args: Any, gpu: bool = False) -> list[T]:
+        """Run one task on each worker that ``gpu`` tasks may use, all at once, and return the results.
+
+        The engine loads the backbone this way, so that workers load it in
+        parallel, not one after another when each gets its first chunk. In
+        this process when there is no client.
+        """
+        if self.client is None:
+            return [func(*args)]
+        workers = self.client.scheduler_info(n_workers=-1)["workers"]
+        addresses = [address for address, info in workers.items()
+                     if not self._annotations(gpu) or float(info.get("resources", {}).get("GPU", 0)) > 0]
+        futures = [self.client.submit(func, *args, pure=False, workers=[address], allow_other_workers=False,
+                                      **self._annotations(gpu)) for address in addresses]
+        return self.client.gather(futures)
+
     def _delayed_tasks(self, func: Callable[..., Any], blocks: Sequence[Block], args: tuple[Any, ...],
                        name: str, gpu: bool) -> list[Any]:
         token = uuid.uuid4().hex[:8]

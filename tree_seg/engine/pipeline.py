@@ -179,7 +179,7 @@ def _store_path(feature_store: str | Path | None, outdir: Path, stem: str) -> Pa
 
 def _open_feature_store(executor: Executor, source: RasterSource, config: SegmentationConfig, store_path: Path,
                         feature_dtype: FeatureDtype) -> tuple[FeatureStore, tasks.FeatureTaskContext, dict[str, Any]]:
-    info = executor.run(backbone_info, config.backbone, gpu=True)
+    info = executor.run_on_each_worker(backbone_info, config.backbone, gpu=True)[0]
     geometry = _geometry(source, config, int(info["patch_size"]))
     side = patch_chunk_side(config.engine.chunk_size, scale=geometry.scale, patch_size=geometry.patch_size,
                             window=config.window.window, overlap=config.window.overlap)
