@@ -32,8 +32,8 @@ from typing import Any, TypeVar
 import dask
 import psutil
 from dask.system import CPU_COUNT
-
 from distributed import Client, LocalCluster, as_completed
+
 from tree_seg.config import EngineConfig
 from tree_seg.engine.layout import Block
 from tree_seg.engine.progress import chunk_bar
@@ -277,11 +277,12 @@ class Executor:
         """
         if self.client is None:
             return [func(*args)]
+        annotations = self._annotations(gpu)
         workers = self.client.scheduler_info(n_workers=-1)["workers"]
         addresses = [address for address, info in workers.items()
-                     if not self._annotations(gpu) or float(info.get("resources", {}).get("GPU", 0)) > 0]
+                     if not annotations or float(info.get("resources", {}).get("GPU", 0)) > 0]
         futures = [self.client.submit(func, *args, pure=False, workers=[address], allow_other_workers=False,
-                                      **self._annotations(gpu)) for address in addresses]
+                                      **annotations) for address in addresses]
         return self.client.gather(futures)
 
     def _delayed_tasks(self, func: Callable[..., Any], blocks: Sequence[Block], args: tuple[Any, ...],
