@@ -106,14 +106,22 @@ def value_mask(raw: np.ndarray, value: float, *, tolerance: float = 0.0) -> np.n
         True where ``|raw - value| <= tolerance`` in every band. NaN never
         matches, so NaN pixels need :func:`nan_mask`.
     """
-    _check_raw(raw)
+    _check_tolerance(tolerance)
+    return _largest_difference(raw, value) <= tolerance
+
+
+def _check_tolerance(tolerance: float) -> None:
     if tolerance < 0:
         raise InvalidInputError(f"invalid tolerance={tolerance}: expected a value >= 0")
 
-    # float64 keeps the difference exact for every integer dtype up to 32 bits,
-    # where an unsigned subtraction in the input dtype would wrap around.
-    difference = np.abs(raw.astype(np.float64, copy=False) - float(value))
-    return np.all(difference <= tolerance, axis=0)
+
+def _largest_difference(raw: np.ndarray, value: float) -> np.ndarray:
+    # Returns max over bands of |raw - value|, shape (y, x), NaN where any band
+    # is NaN, so that a NaN pixel matches no tolerance. float64 keeps the
+    # difference exact for every integer dtype up to 32 bits, where an
+    # unsigned subtraction in the input dtype would wrap around.
+    _check_raw(raw)
+    return np.max(np.abs(raw.astype(np.float64, copy=False) - float(value)), axis=0)
 
 
 def nan_mask(raw: np.ndarray) -> np.ndarray:
@@ -402,10 +410,13 @@ def valid_mask(
         if rule.value is None:
             raise InvalidInputError(f"NodataRule of kind {rule.kind!r} is missing its value: set value to the "
                                     "nodata value in raw input units")
-        matches = value_mask(raw, rule.value, tolerance=rule.tolerance)
+        # One difference serves both tolerances.
+        _check_tolerance(rule.tolerance)
+        difference = _largest_difference(raw, rule.value)
+        matches = difference <= rule.tolerance
         fringe = None
         if rule.fringe_width:
-            fringe = value_mask(raw, rule.value, tolerance=max(rule.tolerance, rule.fringe_tolerance or 0.0))
+            fringe = difference <= max(rule.tolerance, rule.fringe_tolerance or 0.0)
         if not clean:
             matches = matches if fringe is None else fringe
         else:
