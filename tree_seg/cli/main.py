@@ -141,7 +141,7 @@ def check_output_names(paths: list[Path]) -> None:
 def _check_unused_options(config: SegmentationConfig, options: dict[str, Any]) -> None:
     """Reject options that the resolved configuration would ignore."""
     if config.cluster.k is not None:
-        elbow = [f"--{name.replace('_', '-')}" for name in ("k_range", "elbow_threshold") if options.get(name) is not None]
+        elbow = [_flag(name) for name in ("k_range", "elbow_threshold") if options.get(name) is not None]
         if elbow:
             source = "--k" if options.get("k") is not None else "the profile's fixed k"
             verb = "applies" if len(elbow) == 1 else "apply"
@@ -151,8 +151,7 @@ def _check_unused_options(config: SegmentationConfig, options: dict[str, Any]) -
         raise typer.BadParameter(f"--target-resolution only applies with --scale auto, not --scale "
                                  f"{config.window.scale:g}: drop one of them")
     if config.read.nodata == "none":
-        unused = [f"--{name.replace('_', '-')}" for name in ("nodata_tolerance", "collar_buffer")
-                  if options.get(name) is not None]
+        unused = [_flag(name) for name in ("nodata_tolerance", "collar_buffer") if options.get(name) is not None]
         if unused:
             verb = "applies" if len(unused) == 1 else "apply"
             raise typer.BadParameter(f"{' and '.join(unused)} only {verb} to a nodata value, and --nodata none "
@@ -179,6 +178,15 @@ def check_output_folder(outdir: Path) -> None:
             pass
     except OSError as error:
         raise typer.BadParameter(f"output folder {outdir} is not writable ({error.strerror}); choose another --output") from None
+
+
+def _echo_error(error: Exception) -> None:
+    # Library messages name configuration fields; the user typed options.
+    typer.echo(f"Error: {flag_names(str(error))}", err=True)
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
 
 
 def _remove_if_empty(outdir: Path, created: bool) -> None:
@@ -420,7 +428,7 @@ def _use_dask(engine: str, shapes: list[tuple[int, int]], config: SegmentationCo
     """Decide between the Dask engine and the in-memory pipeline (see ``--engine``)."""
     if engine not in ("auto", "dask", "memory"):
         raise typer.BadParameter(f"invalid --engine {engine!r}: use auto, dask or memory")
-    given = [f"--{name.replace('_', '-')}" for name, value in dask_options.items() if value is not None]
+    given = [_flag(name) for name, value in dask_options.items() if value is not None]
     if engine == "memory":
         if given:
             raise typer.BadParameter(f"{', '.join(given)}: these options apply only to the Dask engine; drop them or use --engine dask")
@@ -460,7 +468,7 @@ def run_batch_dask(
     try:
         items = segment_many(paths, outdir, config, pictures=pictures, progress=progress)
     except TreeSegError as error:
-        typer.echo(f"Error: {flag_names(str(error))}", err=True)
+        _echo_error(error)
         return len(paths)
     except KeyboardInterrupt:
         typer.echo("\ninterrupted: inputs with a _labels.tif are complete; run the same command again to resume "
@@ -509,7 +517,7 @@ def run_batch(
     try:
         backbone = load_backbone(config.backbone)
     except TreeSegError as error:
-        typer.echo(f"Error: {flag_names(str(error))}", err=True)
+        _echo_error(error)
         return len(paths)
 
     rows: list[tuple[str, str, str]] = []
@@ -619,7 +627,7 @@ def evaluate(
         results = evaluate_dataset(dataset, outdir, config, methods=methods, pictures=pictures)
     except TreeSegError as error:
         _remove_if_empty(outdir, created)
-        typer.echo(f"Error: {flag_names(str(error))}", err=True)
+        _echo_error(error)
         raise typer.Exit(code=1) from None
 
     typer.echo(f"\n{'method':<20}{'mIoU m2o':>10}{'mIoU hung':>11}{'bound. F':>10}{'pix acc':>9}{'K':>10}{'seconds':>9}")
@@ -702,7 +710,7 @@ def sweep(
         rows = sweep_head_refine(source, outdir, config, taus=tau_values, alphas=alpha_values, mask_path=mask)
     except TreeSegError as error:
         _remove_if_empty(outdir, created)
-        typer.echo(f"Error: {flag_names(str(error))}", err=True)
+        _echo_error(error)
         raise typer.Exit(code=1) from None
 
     typer.echo(f"\n{'tau':>8}{'tau used':>10}{'alpha':>7}{'clusters':>10}{'iters':>7}{'mIoU':>8}{'bound. F':>10}")

@@ -116,10 +116,8 @@ def _check_tolerance(tolerance: float) -> None:
 
 
 def _largest_difference(raw: np.ndarray, value: float) -> np.ndarray:
-    # Returns max over bands of |raw - value|, shape (y, x), NaN where any band
-    # is NaN, so that a NaN pixel matches no tolerance. float64 keeps the
-    # difference exact for every integer dtype up to 32 bits, where an
-    # unsigned subtraction in the input dtype would wrap around.
+    # Largest |raw - value| over bands, shape (y, x); a NaN band gives NaN,
+    # which matches no tolerance. float64 keeps integer differences exact.
     _check_raw(raw)
     return np.max(np.abs(raw.astype(np.float64, copy=False) - float(value)), axis=0)
 
