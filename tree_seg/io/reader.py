@@ -117,11 +117,14 @@ class RasterSource:
     def _scale(self, raw: np.ndarray) -> np.ndarray:
         offset = self.band_offset[:, None, None]
         scale = self.band_scale[:, None, None]
-        image = (raw.astype(np.float32) - offset) / scale
-        image = np.clip(image, 0.0, 1.0)
-        # NaN survives the clip; a zero keeps it out of the backbone, and the
-        # valid mask already marks the pixel.
-        image[np.isnan(image)] = 0.0
+        image = raw.astype(np.float32)
+        np.subtract(image, offset, out=image)
+        np.divide(image, scale, out=image)
+        np.clip(image, 0.0, 1.0, out=image)
+        if np.issubdtype(raw.dtype, np.floating):
+            # NaN survives the clip; a zero keeps it out of the backbone, and
+            # the valid mask already marks the pixel.
+            image[np.isnan(image)] = 0.0
         return image
 
     def _check_window(self, y0: int, y1: int, x0: int, x1: int) -> None:
