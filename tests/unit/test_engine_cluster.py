@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 
 import dask
 import pytest
@@ -171,3 +172,15 @@ def test_progress_enabled_follows_logging():
         assert not progress_enabled(False)
     finally:
         logger.setLevel(level)
+
+
+def _malloc_settings():
+    return os.environ.get("MALLOC_TRIM_THRESHOLD_"), os.environ.get("OMP_NUM_THREADS")
+
+
+def test_open_client_local_workers_keep_glibc_trim_default(monkeypatch):
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
+    with open_client(EngineConfig(workers=1), dashboard_address="127.0.0.1:0") as client:
+        settings = list(client.run(_malloc_settings).values())
+
+    assert settings == [(None, "1")]

@@ -48,6 +48,19 @@ T = TypeVar("T")
 SPLIT_EVERY = 8
 """Partial results combined per node of a tree reduction."""
 
+_TRIM_THRESHOLD_KEY = "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_"
+"""Dask setting whose None value leaves glibc's trim threshold unset in local workers.
+
+Dask sets ``MALLOC_TRIM_THRESHOLD_=65536`` in new workers by default, so
+that they return freed memory to the system. glibc then stops adapting its
+mmap threshold, so every array above 128 KiB is mapped and unmapped anew,
+and the backbone ran 15% slower (9.9 s against 8.7 s for the features of a
+2048 px tile on one thread). The price is the memory that glibc keeps for
+reuse: the peak RSS per worker in the engine memory benchmark rose from
+about 650 to 900 MiB, the same for 2048 and 4096 px rasters. A value set in
+the environment still applies.
+"""
+
 
 class LocalClusterSize:
     """Worker processes, threads and memory of the default local cluster.
@@ -152,7 +165,7 @@ def open_client(
     logger.info("Starting a LocalCluster: %d worker process(es), %d thread(s) each, %.1f GiB each, resources %s",
                 size.n_workers, size.threads_per_worker, size.memory_limit / 2**30, size.resources or "none")
     try:
-        with _interrupts_ignored_by_new_processes():
+        with _interrupts_ignored_by_new_processes(), dask.config.set({_TRIM_THRESHOLD_KEY: None}):
             cluster = LocalCluster(
                 n_workers=size.n_workers,
                 threads_per_worker=size.threads_per_worker,
