@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 
 import dask
 import pytest
@@ -184,3 +185,43 @@ def test_open_client_local_workers_keep_glibc_trim_default(monkeypatch):
         settings = list(client.run(_malloc_settings).values())
 
     assert settings == [(None, "1")]
+
+
+def test_open_client_forwards_worker_debug_records(caplog):
+    caplog.set_level(logging.DEBUG, logger="tree_seg")
+    with open_client(EngineConfig(workers=1), dashboard_address="127.0.0.1:0") as client:
+        client.run(lambda: logging.getLogger("tree_seg.engine.tasks").debug("chunk done in worker %d", os.getpid()))
+        worker_pid = next(iter(client.run(os.getpid).values()))
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not any("chunk done" in r.getMessage() for r in caplog.records):
+            time.sleep(0.1)
+
+    messages = [record.getMessage() for record in caplog.records if record.name == "tree_seg.engine.tasks"]
+    assert messages == [f"chunk done in worker {worker_pid}"]
+
+
+def test_open_client_keeps_worker_records_without_debug(caplog):
+    caplog.set_level(logging.INFO, logger="tree_seg")
+    with open_client(EngineConfig(workers=1), dashboard_address="127.0.0.1:0") as client:
+        client.run(lambda: logging.getLogger("tree_seg.engine.tasks").warning("worker warning"))
+        time.sleep(1.0)
+        plugins = client.run(lambda dask_worker: sorted(dask_worker.plugins))
+
+    assert not any(record.name == "tree_seg.engine.tasks" for record in caplog.records)
+    assert not any(name.startswith(("forward-logging", "tree_seg-log-level")) for names in plugins.values()
+                   for name in names)
+
+
+def _plugin_names(dask_worker):
+    return sorted(dask_worker.plugins)
+
+
+def test_open_client_address_stops_forwarding_on_exit(gpu_client, caplog):
+    caplog.set_level(logging.DEBUG, logger="tree_seg")
+    with open_client(EngineConfig(scheduler=gpu_client.scheduler.address)) as client:
+        during = list(client.run(_plugin_names).values())[0]
+
+    after = list(gpu_client.run(_plugin_names).values())[0]
+    assert "tree_seg-log-level" in during
+    assert any(name.startswith("forward-logging-tree_seg") for name in during)
+    assert not any(name.startswith(("tree_seg-log-level", "forward-logging")) for name in after)

@@ -54,10 +54,8 @@ def _root(
 def _setup_logging(verbose: int, quiet: bool) -> None:
     if verbose and quiet:
         raise typer.BadParameter("--verbose and --quiet conflict: give one of them")
-    level = logging.INFO
-    if quiet:
-        level = logging.WARNING
-    elif verbose >= 1:
+    level = logging.WARNING if quiet else logging.INFO
+    if verbose >= 2:
         level = logging.DEBUG
     if quiet:
         # Read by huggingface_hub and transformers when they are imported,
@@ -75,8 +73,12 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
     # Log warnings as "Category: message", without the source line that
     # Python's default format appends.
     warnings.formatwarning = lambda message, category, *args, **kwargs: f"{category.__name__}: {message}"
-    for noisy in ("distributed", "matplotlib", "PIL", "rasterio", "urllib3", "httpx"):
-        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+    # One -v shows tree_seg's debug records, and a second one every library's.
+    if verbose < 2:
+        for noisy in ("distributed", "matplotlib", "PIL", "rasterio", "urllib3", "httpx"):
+            logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+    if verbose >= 1:
+        logging.getLogger("tree_seg").setLevel(logging.DEBUG)
 
 
 def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
@@ -463,7 +465,7 @@ def run_batch_dask(
     # after the import rather than in _setup_logging.
     import distributed  # noqa: F401
 
-    if not logger.isEnabledFor(logging.DEBUG):
+    if not logging.getLogger().isEnabledFor(logging.DEBUG):
         logging.getLogger("distributed").setLevel(logging.WARNING)
     try:
         items = segment_many(paths, outdir, config, pictures=pictures, progress=progress)

@@ -67,7 +67,7 @@ MetricsOption = Annotated[bool, typer.Option("--metrics", help="Print a per-stag
 
 PicturesOption = Annotated[bool, typer.Option("--pictures/--no-pictures", help="Write the PNG pictures.")]
 
-VerboseOption = Annotated[int, typer.Option("--verbose", "-v", count=True, show_default=False, help="Debug log output (per chunk and per window).")]
+VerboseOption = Annotated[int, typer.Option("--verbose", "-v", count=True, show_default=False, help="Debug log output of tree_seg (per chunk and per window, from Dask workers too); -vv adds that of the libraries it uses.")]
 
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors.")]
 

@@ -3,7 +3,9 @@
 :func:`open_client` turns :class:`~tree_seg.config.EngineConfig` into a Dask
 client: a ``LocalCluster`` started here (the default), Dask's synchronous
 scheduler in this process (``scheduler="synchronous"``), or a running
-scheduler at an address (any other value). :class:`Executor` runs one pass:
+scheduler at an address (any other value). When the ``tree_seg`` logger
+of this process shows debug records, the workers of such a client forward
+theirs to it. :class:`Executor` runs one pass:
 a map of a per-chunk function over chunks, optionally followed by a tree
 reduction. The grouping of that reduction depends only on the chunk order,
 so a result does not depend on the number of workers or on which task
@@ -32,7 +34,7 @@ from typing import Any, TypeVar
 import dask
 import psutil
 from dask.system import CPU_COUNT
-from distributed import Client, LocalCluster, as_completed
+from distributed import Client, LocalCluster, WorkerPlugin, as_completed
 
 from tree_seg.config import EngineConfig
 from tree_seg.engine.layout import Block
@@ -47,6 +49,9 @@ T = TypeVar("T")
 
 SPLIT_EVERY = 8
 """Partial results combined per node of a tree reduction."""
+
+_LOG_LEVEL_PLUGIN = "tree_seg-log-level"
+"""Name of the worker plugin that sets the workers' ``tree_seg`` log level."""
 
 _TRIM_THRESHOLD_KEY = "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_"
 """Dask setting whose None value leaves glibc's trim threshold unset in local workers.
@@ -158,7 +163,8 @@ def open_client(
             n_workers = len(client.scheduler_info(n_workers=-1)["workers"])
             logger.info("Connected to %s with %d workers; dashboard %s", engine.scheduler, n_workers,
                         client.dashboard_link)
-            yield client
+            with _debug_logs_forwarded(client):
+                yield client
         return
 
     size = local_cluster_size(engine.workers, use_gpu=use_gpu)
@@ -184,7 +190,46 @@ def open_client(
         ) from error
     with cluster, Client(cluster) as client:
         logger.info("Dask dashboard: %s", client.dashboard_link)
-        yield client
+        with _debug_logs_forwarded(client):
+            yield client
+
+
+class _LogLevel(WorkerPlugin):
+    # Sets a logger's level in every worker process, including workers that
+    # join or restart later, and restores it when unregistered.
+
+    def __init__(self, name: str, level: int):
+        self.name = name
+        self.level = level
+        self.previous = logging.NOTSET
+
+    def setup(self, worker: Any) -> None:
+        self.previous = logging.getLogger(self.name).level
+        logging.getLogger(self.name).setLevel(self.level)
+
+    def teardown(self, worker: Any) -> None:
+        logging.getLogger(self.name).setLevel(self.previous)
+
+
+@contextmanager
+def _debug_logs_forwarded(client: Client) -> Iterator[None]:
+    # Records logged in worker processes stay there, so the per-chunk debug
+    # lines of tasks would never show. When this process shows tree_seg's
+    # debug records, the workers log theirs too and forward them here, until
+    # the block ends, which matters on a cluster that outlives this client.
+    if not logging.getLogger("tree_seg").isEnabledFor(logging.DEBUG):
+        yield
+        return
+    client.register_plugin(_LogLevel("tree_seg", logging.DEBUG), name=_LOG_LEVEL_PLUGIN)
+    client.forward_logging("tree_seg", level=logging.DEBUG)
+    try:
+        yield
+    finally:
+        try:
+            client.unforward_logging("tree_seg")
+            client.unregister_worker_plugin(_LOG_LEVEL_PLUGIN)
+        except Exception as error:  # A lost scheduler must not hide the run's own outcome.
+            logger.warning("failed to stop forwarding worker logs to this process: %s", error)
 
 
 @contextmanager
