@@ -191,6 +191,23 @@ def test_cli_dask_engine_synchronous_matches_memory(tmp_path):
         assert (a.read(1) != b.read(1)).mean() < 0.001
 
 
+
+def test_cli_dask_failed_input_error_printed_once(tmp_path, caplog):
+    source = _write_crop(tmp_path / "crop.tif")
+    common = ["segment", str(source), "-o", str(tmp_path / "out"), "--scheduler", "synchronous", "--chunk-size",
+              "128", "--k", "3", "--backbone", "texture", "--model", "kmeans", "--no-pictures", "--no-progress"]
+    assert _invoke(*common).exit_code == 0
+    caplog.set_level(logging.INFO, logger="tree_seg")
+
+    # The feature store of the first run has another window size.
+    result = _invoke(*common, "--window", "224", "--overlap", "64")
+
+    assert result.exit_code == 1
+    assert f"failed  {source}: " in result.output
+    assert "--window" in result.output
+    assert not [record for record in caplog.records if "Failed to segment" in record.getMessage()]
+
+
 @pytest.mark.parametrize(("engine_args", "logger_prefix"), [
     (["--engine", "memory"], "tree_seg.core"),
     (["--scheduler", "synchronous", "--chunk-size", "128"], "tree_seg.engine"),

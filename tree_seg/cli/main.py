@@ -10,6 +10,8 @@ import signal
 import sys
 import tempfile
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -468,7 +470,8 @@ def run_batch_dask(
     if not logging.getLogger().isEnabledFor(logging.DEBUG):
         logging.getLogger("distributed").setLevel(logging.WARNING)
     try:
-        items = segment_many(paths, outdir, config, pictures=pictures, progress=progress)
+        with _failures_left_to_summary():
+            items = segment_many(paths, outdir, config, pictures=pictures, progress=progress)
     except TreeSegError as error:
         _echo_error(error)
         return len(paths)
@@ -492,6 +495,24 @@ def run_batch_dask(
     failed = sum(1 for item in items if item.status != "ok")
     _print_summary(len(items) + failed_before, failed + failed_before)
     return failed
+
+
+def _drop_summarised_failure(record: logging.LogRecord) -> bool:
+    # The summary prints each failed input with its error. A failure with a
+    # traceback (an unexpected error) still shows it in the log.
+    return not (getattr(record, "input_failure", False) and not record.exc_info)
+
+
+@contextmanager
+def _failures_left_to_summary() -> Iterator[None]:
+    handlers = list(logging.getLogger().handlers)
+    for handler in handlers:
+        handler.addFilter(_drop_summarised_failure)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(_drop_summarised_failure)
 
 
 def _engine_profile(result: Any) -> dict[str, Any]:

@@ -318,7 +318,9 @@ def segment_many(
 
     Every input shares the cluster and therefore each worker's cached
     backbone. An input that fails is logged with its error and reported as
-    ``"failed"``, and the batch goes on. ``config.engine.feature_store``
+    ``"failed"``, and the batch goes on. That log record has the attribute
+    ``input_failure=True``, so a caller that reports the failures itself can
+    filter it out. ``config.engine.feature_store``
     names a folder here (one ``<stem>_features.zarr`` per input).
 
     Returns
@@ -352,7 +354,8 @@ def segment_many(
                     # One bad input must not end the batch: besides tree_seg's own
                     # errors this catches a lost worker (KilledWorker) or a full disk.
                     logger.error("Failed to segment %s: %s", path, error,
-                                 exc_info=not isinstance(error, (TreeSegError, OSError)))
+                                 exc_info=not isinstance(error, (TreeSegError, OSError)),
+                                 extra={"input_failure": True})
                     items.append(BatchItem(path=path, status="failed", error=str(error)))
                     continue
             items.append(BatchItem(path=path, status="ok", result=result))
