@@ -468,3 +468,23 @@ def test_cli_failed_run_leaves_no_empty_folder(tmp_path):
     assert result.exit_code == 1
     assert result.output.count("clustering needs at least 2") == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_cli_evaluate_failure_leaves_no_folder(tmp_path):
+    (tmp_path / "dataset" / "images").mkdir(parents=True)
+    (tmp_path / "dataset" / "masks").mkdir()
+
+    result = _invoke("evaluate", str(tmp_path / "dataset"), "-o", str(tmp_path / "out"), "--backbone", "texture")
+
+    assert result.exit_code == 1
+    assert "has no image-mask pairs" in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_sweep_failure_leaves_no_folder(tmp_path):
+    result = _invoke("sweep", str(EXAMPLE), "-o", str(tmp_path / "out"), "--mask", str(tmp_path), "--backbone",
+                     "texture")
+
+    assert result.exit_code == 1
+    assert "failed to read mask" in result.output
+    assert not (tmp_path / "out").exists()

@@ -193,10 +193,27 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def _remove_if_empty(outdir: Path, created: bool) -> None:
-    # A run that failed before writing anything leaves no empty folder behind.
-    if created and outdir.is_dir() and not any(outdir.iterdir()):
-        outdir.rmdir()
+@contextmanager
+def output_folder(outdir: Path) -> Iterator[None]:
+    """Create and check the output folder, and remove it if the block fails before writing to it.
+
+    A block that ends with an exception, ``typer.Exit`` included, and leaves
+    a folder that it created empty, removes that folder, so a failed run
+    leaves nothing behind.
+
+    Raises
+    ------
+    typer.BadParameter
+        When the folder cannot be created or written (see :func:`check_output_folder`).
+    """
+    created = not outdir.exists()
+    check_output_folder(outdir)
+    try:
+        yield
+    except BaseException:
+        if created and outdir.is_dir() and not any(outdir.iterdir()):
+            outdir.rmdir()
+        raise
 
 
 def _print_stage_table(name: str, profile: dict[str, Any], rss_label: str = "peak RSS") -> None:
@@ -368,25 +385,21 @@ def segment(
     if not paths:
         _print_summary(len(problems), len(problems))
         raise typer.Exit(code=1)
-    created = not outdir.exists()
-    check_output_folder(outdir)
     dask_options = {"workers": workers, "chunk_size": chunk_size, "scheduler": scheduler, "feature_store": feature_store}
-    try:
-        if _use_dask(engine, list(shapes.values()), config, dask_options):
-            failures = run_batch_dask(paths, outdir, config, show_metrics=metrics, pictures=pictures,
-                                      progress=progress and not quiet, failed_before=len(problems))
-        else:
-            failures = run_batch(paths, outdir, config, show_metrics=metrics, pictures=pictures,
-                                 failed_before=len(problems))
-    except KeyboardInterrupt:
-        # Interrupted outside an input, e.g. while the pipeline was imported.
-        typer.echo("\ninterrupted before any input finished", err=True)
-        _remove_if_empty(outdir, created)
-        raise typer.Exit(code=130) from None
-    if failures == len(paths):
-        _remove_if_empty(outdir, created)
-    if failures or problems:
-        raise typer.Exit(code=1)
+    with output_folder(outdir):
+        try:
+            if _use_dask(engine, list(shapes.values()), config, dask_options):
+                failures = run_batch_dask(paths, outdir, config, show_metrics=metrics, pictures=pictures,
+                                          progress=progress and not quiet, failed_before=len(problems))
+            else:
+                failures = run_batch(paths, outdir, config, show_metrics=metrics, pictures=pictures,
+                                     failed_before=len(problems))
+        except KeyboardInterrupt:
+            # Interrupted outside an input, e.g. while the pipeline was imported.
+            typer.echo("\ninterrupted before any input finished", err=True)
+            raise typer.Exit(code=130) from None
+        if failures or problems:
+            raise typer.Exit(code=1)
 
 
 def check_rasters(
@@ -643,15 +656,12 @@ def evaluate(
         raise typer.BadParameter(str(error)) from None
     if not any(name.startswith("head-refine") for name in methods):
         _check_v2_options("kmeans", {"tau": tau, "alpha": alpha, "iterations": iterations, "blend": blend})
-    created = not outdir.exists()
-    check_output_folder(outdir)
-
-    try:
-        results = evaluate_dataset(dataset, outdir, config, methods=methods, pictures=pictures)
-    except TreeSegError as error:
-        _remove_if_empty(outdir, created)
-        _echo_error(error)
-        raise typer.Exit(code=1) from None
+    with output_folder(outdir):
+        try:
+            results = evaluate_dataset(dataset, outdir, config, methods=methods, pictures=pictures)
+        except TreeSegError as error:
+            _echo_error(error)
+            raise typer.Exit(code=1) from None
 
     typer.echo(f"\n{'method':<20}{'mIoU m2o':>10}{'mIoU hung':>11}{'bound. F':>10}{'pix acc':>9}{'K':>10}{'seconds':>9}")
     for name, summary in results["methods"].items():
@@ -727,14 +737,12 @@ def sweep(
     alpha_values = _parse_list(alphas, _parse_alpha, "--alphas")
     config = _config_from_options(method="head-refine", profile=profile, profiles_file=profiles_file,
                                   options=_shared_options(locals()))
-    created = not outdir.exists()
-    check_output_folder(outdir)
-    try:
-        rows = sweep_head_refine(source, outdir, config, taus=tau_values, alphas=alpha_values, mask_path=mask)
-    except TreeSegError as error:
-        _remove_if_empty(outdir, created)
-        _echo_error(error)
-        raise typer.Exit(code=1) from None
+    with output_folder(outdir):
+        try:
+            rows = sweep_head_refine(source, outdir, config, taus=tau_values, alphas=alpha_values, mask_path=mask)
+        except TreeSegError as error:
+            _echo_error(error)
+            raise typer.Exit(code=1) from None
 
     typer.echo(f"\n{'tau':>8}{'tau used':>10}{'alpha':>7}{'clusters':>10}{'iters':>7}{'mIoU':>8}{'bound. F':>10}")
     for row in rows:
