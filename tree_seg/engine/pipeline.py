@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -29,7 +28,7 @@ import numpy as np
 from tree_seg.config import SegmentationConfig
 from tree_seg.core.export import method_label
 from tree_seg.clustering.model import ClusterModel
-from tree_seg.core.profiling import peak_rss_mb, peak_vram_mb
+from tree_seg.core.profiling import RunProfile, peak_rss_mb, peak_vram_mb
 from tree_seg.core.segmentation import head_refine_metadata
 from tree_seg.core.versions import package_versions
 from tree_seg.engine import passes, tasks
@@ -120,23 +119,6 @@ class BatchItem:
     status: Literal["ok", "failed"]
     result: EngineResult | None = None
     error: str | None = None
-
-
-class _Timer:
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-
-    @contextmanager
-    def stage(self, name: str) -> Iterator[None]:
-        started = time.perf_counter()
-        outcome = "stopped by an error or interrupt after"
-        try:
-            yield
-            outcome = "finished in"
-        finally:
-            elapsed = time.perf_counter() - started
-            self.seconds[name] = self.seconds.get(name, 0.0) + elapsed
-            logger.info("pass %s %s %.2f s", name, outcome, elapsed)
 
 
 @contextmanager
@@ -366,7 +348,8 @@ def segment_many(
 
 def _segment(executor: Executor, source_path: Path, outdir: Path, config: SegmentationConfig, *,
              feature_dtype: FeatureDtype, pictures: bool, store_path: Path) -> EngineResult:
-    timer = _Timer()
+    # Times the driver's passes; the peak RSS it records is this process's.
+    timer = RunProfile()
     with timer.stage("open"):
         source = open_raster(source_path, config.read, chunks=None)
         store, feature_context, info = _open_feature_store(executor, source, config, store_path, feature_dtype)
@@ -417,7 +400,7 @@ def _segment(executor: Executor, source_path: Path, outdir: Path, config: Segmen
                 label_model = tasks.LabelModel(mode="fallback", kmeans_centroids=model.centroids)
                 summary = passes.label_pass(executor, label_context, label_model)
 
-    record = _metadata(source, config, info, store, geometry, model, outcome, timer.seconds, computed=computed,
+    record = _metadata(source, config, info, store, geometry, model, outcome, timer.stages, computed=computed,
                        feature_dtype=feature_dtype, label_store=label_store.path)
     # K counts fitted clusters; fewer may own a pixel after refinement.
     record["clusters_used"] = int(np.count_nonzero(summary.pixels))
@@ -432,14 +415,14 @@ def _segment(executor: Executor, source_path: Path, outdir: Path, config: Segmen
         written["labels"] = passes.write_label_geotiff(label_store, outputs.path("labels", "tif"), crs=source.crs,
                                                        transform=source.transform)
     logger.info("Engine run on %s finished: K=%d, %d in use, passes %s", source_path, model.k,
-                record["clusters_used"], ", ".join(f"{name} {seconds:.1f} s" for name, seconds in timer.seconds.items()))
+                record["clusters_used"], ", ".join(f"{name} {seconds:.1f} s" for name, seconds in timer.stages.items()))
     final_centroids = model.centroids
     if label_model.mode == "head-refine":
         # A head-refine label model is built from the outcome's centroids.
         assert label_model.centroids is not None
         final_centroids = label_model.centroids
     return EngineResult(labels_path=written["labels"], metadata_path=written["metadata"], feature_store=store.path,
-                        label_store=label_store.path, k=model.k, elbow=model.elbow, timings=dict(timer.seconds),
+                        label_store=label_store.path, k=model.k, elbow=model.elbow, timings=dict(timer.stages),
                         metadata=record, kmeans_centroids=model.centroids, centroids=final_centroids, outputs=written)
 
 
