@@ -9,7 +9,6 @@ run slower.
 from __future__ import annotations
 
 import math
-import time
 
 import numpy as np
 import pytest
@@ -29,14 +28,6 @@ K = 8
 ITERATIONS = 5
 ROUNDS = 5
 
-
-def _best_time(function, repeats):
-    best, result = math.inf, None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = function()
-        best = min(best, time.perf_counter() - start)
-    return best, result
 
 
 def _synthetic_features(grid, dim, k, seed=0):
@@ -124,7 +115,7 @@ def _products_only(features, centroids, weights, iterations):
 
 
 @pytest.fixture(scope="module")
-def neighbour_timings():
+def neighbour_timings(best_time):
     features, centroids = _synthetic_features(GRID, DIM, K)
     valid = np.ones((GRID, GRID), dtype=bool)
     # The reference takes tau as given, so the stage gets the same fixed tau
@@ -140,9 +131,9 @@ def neighbour_timings():
     # spell of the machine slows all three rather than one of them.
     seconds = floor_seconds = reference_seconds = math.inf
     for _ in range(ROUNDS):
-        stage, result = _best_time(lambda: refine(features, valid, centroids, config, patch_size=16), 5)
-        floor, _ = _best_time(lambda: _products_only(features_t, centroids_t, weights, ITERATIONS), 5)
-        reference, reference_labels = _best_time(
+        stage, result = best_time(lambda: refine(features, valid, centroids, config, patch_size=16), 5)
+        floor, _ = best_time(lambda: _products_only(features_t, centroids_t, weights, ITERATIONS), 5)
+        reference, reference_labels = best_time(
             lambda: _reference_refine(features, valid, centroids, tau=tau, alpha=config.alpha,
                                       iterations=ITERATIONS),
             1,
@@ -183,7 +174,7 @@ def test_head_refine_neighbour_speedup(neighbour_timings):
     assert reference_seconds / seconds >= 100
 
 
-def test_head_refine_guided_speed():
+def test_head_refine_guided_speed(best_time):
     grid, patch_size = 128, 16
     features, centroids = _synthetic_features(grid, DIM, K)
     valid = np.ones((grid, grid), dtype=bool)
@@ -191,12 +182,12 @@ def test_head_refine_guided_speed():
     guide = rng.random((3, grid * patch_size, grid * patch_size), dtype=np.float32)
     config = HeadRefineConfig(blend="guided", alpha=0.5, iterations=ITERATIONS, tol=0.0, guide_stride=4)
 
-    seconds, result = _best_time(
+    seconds, result = best_time(
         lambda: refine(features, valid, centroids, config, patch_size=patch_size, guide=guide), 2
     )
     prepared = prepare_guide(guide, None, grid_shape=(grid, grid), patch_size=patch_size, config=config)
     resp = torch.softmax(torch.as_tensor(rng.normal(size=(K, grid, grid)), dtype=torch.float32), dim=0)
-    blend_seconds, _ = _best_time(
+    blend_seconds, _ = best_time(
         lambda: guided_blend(resp, torch.as_tensor(valid), prepared.cells, prepared.valid, factor=4,
                              alpha=0.5, radius=config.guided_radius, eps=config.guided_eps),
         3,
