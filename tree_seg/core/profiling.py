@@ -68,10 +68,12 @@ class RunProfile:
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
         """Time the block as stage ``name`` and log its duration."""
-        logger.info("stage %s started", name)
         start = time.perf_counter()
         outcome = "stopped by an error or interrupt after"
         try:
+            # Inside the try, so that an interrupt right after this line
+            # still logs the stage as stopped.
+            logger.info("stage %s started", name)
             yield
             outcome = "finished in"
         finally:
