@@ -208,6 +208,25 @@ def test_cli_dask_failed_input_error_printed_once(tmp_path, caplog):
     assert not [record for record in caplog.records if "Failed to segment" in record.getMessage()]
 
 
+
+@pytest.mark.parametrize("engine_args", [["--engine", "memory"],
+                                         ["--scheduler", "synchronous", "--chunk-size", "128"]])
+def test_cli_rerun_removes_outputs_of_earlier_run(tmp_path, engine_args):
+    source = _write_crop(tmp_path / "crop.tif")
+    out = tmp_path / "out"
+    common = ["segment", str(source), "-o", str(out), *engine_args, "--backbone", "texture", "--model", "kmeans",
+              "--no-progress"]
+    assert _invoke(*common).exit_code == 0
+    assert (out / "crop_kmeans_elbow.png").is_file()
+
+    result = _invoke(*common, "--k", "3", "--no-pictures")
+
+    assert result.exit_code == 0, result.output
+    names = sorted(path.name for path in out.iterdir() if path.is_file() and path.name.startswith("crop_kmeans_"))
+    assert names == ["crop_kmeans_labels.tif", "crop_kmeans_metadata.json"]
+    assert json.loads((out / "crop_kmeans_metadata.json").read_text())["k"] == 3
+
+
 @pytest.mark.parametrize(("engine_args", "logger_prefix"), [
     (["--engine", "memory"], "tree_seg.core"),
     (["--scheduler", "synchronous", "--chunk-size", "128"], "tree_seg.engine"),

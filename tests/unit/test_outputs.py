@@ -103,3 +103,18 @@ def test_output_manager_existing_lists_own_files(tmp_path):
     found = [path.name for path in outputs.existing()]
 
     assert found == ["a_kmeans_labels.tif", "a_kmeans_metadata.json", "a_kmeans_scores.npy"]
+
+
+def test_output_manager_remove_existing_keeps_other_files(tmp_path):
+    outputs = OutputManager(tmp_path, "a", "kmeans")
+    for name in ["a_kmeans_labels.tif", "a_kmeans_elbow.png", "a_kmeans_metadata.json", "a_head-refine_labels.tif",
+                 "b_kmeans_labels.tif", "a_kmeans_notes.txt"]:
+        (tmp_path / name).write_text("x")
+    (tmp_path / "a_kmeans_labels.zarr").mkdir()
+
+    removed = outputs.remove_existing()
+
+    assert sorted(path.name for path in removed) == ["a_kmeans_elbow.png", "a_kmeans_labels.tif",
+                                                      "a_kmeans_metadata.json"]
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["a_head-refine_labels.tif", "a_kmeans_labels.zarr",
+                                                               "a_kmeans_notes.txt", "b_kmeans_labels.tif"]

@@ -68,6 +68,7 @@ def write_run_outputs(
         Written files keyed by kind (``labels``, ``metadata``, ``legend``, ...).
     """
     outputs = OutputManager(outdir, stem, method)
+    outputs.remove_existing()
     written: dict[str, Path] = {}
     title = f"{stem} - {method}, K={k}"
 

@@ -406,6 +406,7 @@ def _segment(executor: Executor, source_path: Path, outdir: Path, config: Segmen
     record["clusters_used"] = int(np.count_nonzero(summary.pixels))
     written: dict[str, Path] = {"feature_store": store.path, "label_store": label_store.path}
     with timer.stage("write"):
+        outputs.remove_existing()
         if pictures:
             written.update(_pictures(outputs, source, label_store, model, config))
         written["metadata"] = outputs.path("metadata", "json")

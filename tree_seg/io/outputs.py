@@ -29,12 +29,15 @@ trailing dots and dashes are dropped, so ``head-refine/slic`` becomes ``head-ref
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 
 from tree_seg.exceptions import InvalidInputError
 
 __all__ = ["STANDARD_KINDS", "OutputManager", "sanitize_name"]
+
+logger = logging.getLogger(__name__)
 
 STANDARD_KINDS: dict[str, str] = {
     "labels": "tif",
@@ -173,3 +176,25 @@ class OutputManager:
             if kind in STANDARD_KINDS or entry.name in self._named:
                 found.append(entry)
         return sorted(found)
+
+    def remove_existing(self) -> list[Path]:
+        """Delete the files that :meth:`existing` lists, before a run writes new ones.
+
+        A rerun with other settings would otherwise leave files of both runs
+        side by side, such as an old elbow plot next to new labels, or old
+        labels next to new pictures when the rerun is interrupted while it
+        writes. The labels are written last, so after this call their
+        presence still means that every output of the run is complete.
+
+        Returns
+        -------
+        list of Path
+            The deleted files.
+        """
+        removed = self.existing()
+        for path in removed:
+            path.unlink(missing_ok=True)
+        if removed:
+            logger.info("removed %d output(s) of an earlier run: %s", len(removed),
+                        ", ".join(path.name for path in removed))
+        return removed
