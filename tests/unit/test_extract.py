@@ -183,6 +183,38 @@ def test_extract_on_batch_counts(rng: np.random.Generator) -> None:
     assert all(seconds >= 0 for _, seconds in batches)
 
 
+def test_extract_skips_windows_without_valid_pixels(rng: np.random.Generator) -> None:
+    image = _image(rng, 150, 230)
+    grid = WindowGrid(150, 230, patch_size=16, window=64, overlap=16)
+    valid = np.zeros((150, 230), dtype=bool)
+    valid[:, 120:] = True  # a collar over the left half
+    batches: list[int] = []
+
+    masked = extract_patch_features(image, grid, TextureBackbone(), valid=valid,
+                                    on_batch=lambda n, seconds: batches.append(n))
+    full = extract_patch_features(image, grid, TextureBackbone())
+
+    # Window columns start at 0, 48, 96, 144 and 192 px; those at 0 and 48
+    # end before column 120.
+    assert sum(batches) == 3 * 3
+    patches = patch_validity(valid, 16)
+    np.testing.assert_allclose(masked[patches], full[patches], atol=1e-6)
+    assert not masked[:, :6].any()
+
+
+def test_extract_skipped_windows_same_in_chunks(rng: np.random.Generator) -> None:
+    image = _image(rng, 150, 230)
+    grid = WindowGrid(150, 230, patch_size=16, window=64, overlap=16)
+    valid = rng.random((150, 230)) < 0.0005
+    whole = extract_patch_features(image, grid, TextureBackbone(), valid=valid)
+
+    for patch_rows, patch_cols in _regions(*grid.patch_shape):
+        part = extract_patch_features(image, grid, TextureBackbone(), patch_rows=patch_rows, patch_cols=patch_cols,
+                                      valid=valid)
+
+        np.testing.assert_allclose(part, whole[patch_rows, patch_cols], atol=1e-5)
+
+
 def test_extract_rejects_patch_size_mismatch(rng: np.random.Generator) -> None:
     grid = WindowGrid(64, 64, patch_size=14, window=56, overlap=0)
 

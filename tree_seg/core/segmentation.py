@@ -151,6 +151,7 @@ def extract_features(
             backbone,
             batch_size=config.backbone.batch_size,
             on_batch=profile.record_batch,
+            valid=model_valid,
         )
         valid = patch_validity(model_valid, backbone.patch_size)
         flat = l2_normalize(features.reshape(-1, features.shape[-1]))

@@ -168,8 +168,9 @@ def feature_chunk(context: FeatureTaskContext, block: Block) -> int:
     read_rows, read_cols = kernels.window_read_bounds(grid, block.rows, block.cols)
     image, valid_pixels = read_resampled(context.source, geometry, read_rows, read_cols)
     reader = kernels.BlockReader(image, read_rows, read_cols)
+    valid_reader = kernels.BlockReader(valid_pixels[None], read_rows, read_cols)
     features = extract_patch_features(reader, grid, backbone, patch_rows=block.rows, patch_cols=block.cols,
-                                      batch_size=context.batch_size)
+                                      batch_size=context.batch_size, valid=valid_reader)
 
     pixel_rows, pixel_cols = geometry.patch_pixels(block)
     chunk_valid = valid_pixels[pixel_rows.start - read_rows.start:pixel_rows.stop - read_rows.start,

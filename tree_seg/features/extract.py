@@ -117,6 +117,7 @@ def extract_patch_features(
     patch_cols: slice | None = None,
     batch_size: int = 8,
     on_batch: Callable[[int, float], None] | None = None,
+    valid: Reader | np.ndarray | None = None,
 ) -> np.ndarray:
     """Extract blended patch features for the whole patch grid or a region of it.
 
@@ -139,12 +140,19 @@ def extract_patch_features(
     on_batch : callable or None, default=None
         Called as ``on_batch(n_windows, seconds)`` after each batch with the
         batch's window count and backbone time in seconds.
+    valid : callable, ndarray of shape (y, x) of bool, or None, default=None
+        Valid-pixel mask of the image, or ``valid(y0, y1, x0, x1)`` returning
+        it as ``(1, y, x)`` for a range inside the raster. Windows without a
+        valid pixel are not passed to the backbone, which saves its time on
+        nodata collars. Every window that covers a valid patch has a valid
+        pixel, so only invalid patches change.
 
     Returns
     -------
     ndarray of shape (rows, cols, feature_dim), float32
         Features of the requested patches: the blend-weighted mean over the
-        windows that cover each patch.
+        windows that cover each patch, or zeros for a patch that only
+        skipped windows cover.
 
     Raises
     ------
@@ -167,6 +175,13 @@ def extract_patch_features(
     cols = _region("patch_cols", patch_cols, grid.patch_shape[1])
 
     origins = grid.windows_touching(rows, cols)
+    if valid is not None:
+        valid_reader = _array_reader(np.asarray(valid, dtype=bool)[None], grid) if isinstance(valid, np.ndarray) \
+            else valid
+        n_windows = len(origins)
+        origins = [(y0, x0) for y0, x0 in origins if _window_has_data(valid_reader, grid, y0, x0)]
+        if len(origins) < n_windows:
+            logger.debug("skipping %d of %d windows without valid pixels", n_windows - len(origins), n_windows)
     weights = grid.blend_weights()
     window_rows, window_cols = grid.window_patches
     n_rows, n_cols = rows.stop - rows.start, cols.stop - cols.start
@@ -194,9 +209,18 @@ def extract_patch_features(
             sums[target] += local_w[..., None] * window_features[r0 - top:r1 - top, c0 - left:c1 - left]
             weight_sums[target] += local_w
 
-    # Every patch of the grid lies in at least one window and blend weights are > 0.
-    sums /= weight_sums[..., None]
+    # Every patch lies in at least one window and blend weights are > 0, so
+    # a zero weight means that only skipped windows cover the patch.
+    np.divide(sums, weight_sums[..., None], out=sums, where=weight_sums[..., None] > 0)
     return sums
+
+
+def _window_has_data(valid: Reader, grid: WindowGrid, y0: int, x0: int) -> bool:
+    # The window's pixels, edge reflection included, all come from this range.
+    height, width = grid.window_shape
+    rows = reflect_index(np.arange(y0, y0 + height), grid.height)
+    cols = reflect_index(np.arange(x0, x0 + width), grid.width)
+    return bool(np.asarray(valid(int(rows.min()), int(rows.max()) + 1, int(cols.min()), int(cols.max()) + 1)).any())
 
 
 def patch_validity(valid: np.ndarray, patch_size: int) -> np.ndarray:
