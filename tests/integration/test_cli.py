@@ -107,6 +107,7 @@ def test_cli_batch_reports_failed_input_and_goes_on(tmp_path):
                      "--k", "3", "--backbone", "texture")
     assert result.exit_code == 1
     assert "1 of 2 inputs segmented, 1 failed" in result.output
+    assert f"failed  {missing}: " in result.stdout
     assert (tmp_path / "out" / "tcd_00000_image_head-refine_labels.tif").exists()
     assert not (tmp_path / "out" / "missing_head-refine_labels.tif").exists()
 

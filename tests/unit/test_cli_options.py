@@ -14,6 +14,8 @@ from tree_seg.cli.options import flag_names
     ("invalid overlap=112 (the default) for window=100", "invalid --overlap 112 (the default) for --window 100"),
     ("invalid k_min=1: expected K >= 2", "invalid --k-range 1: expected K >= 2"),
     ("invalid device='cuda': use device='cpu'", "invalid --device cuda: use --device cpu"),
+    ("invalid method='foo': expected kmeans", "invalid --model foo: expected kmeans"),
+    ("pass --weights DIR / BackboneConfig(weights=DIR)", "pass --weights DIR / BackboneConfig(weights=DIR)"),
 ])
 def test_flag_names_rewrites_fields(message, expected):
     assert flag_names(message) == expected

@@ -99,3 +99,10 @@ def test_relative_drops_values():
 )
 def test_choose_elbow_rule(inertias, expected):
     assert choose_elbow((2, 3, 4, 5), np.array(inertias), 0.10) == expected
+
+
+def test_select_k_warning_keeps_small_threshold_in_percent():
+    x = _separated_blobs(1, n_clusters=8)
+
+    with pytest.warns(ElbowRangeWarning, match=r"fell below 0\.0005 \(0\.05%\)"):
+        select_k(x, k_min=2, k_max=4, threshold=0.0005, seed=0, n_init=2)

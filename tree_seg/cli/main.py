@@ -380,8 +380,9 @@ def segment(
     paths = list(shapes)
     problems += unreadable
     check_output_names(paths)
+    # On standard output, with the summary's lines for inputs that fail later.
     for item, reason in problems:
-        typer.echo(f"failed  {item}: {reason}", err=True)
+        typer.echo(f"failed  {item}: {reason}")
     if not paths:
         _print_summary(len(problems), len(problems))
         raise typer.Exit(code=1)

@@ -19,12 +19,14 @@ from tree_seg.exceptions import ConfigurationError
 __all__ = ["build_config", "flag_names", "parse_bands", "parse_k_range", "parse_nodata", "parse_scale", "parse_tau"]
 
 # Configuration fields that a command-line option sets under another name.
-_OPTIONS = {"k_min": "--k-range", "k_max": "--k-range", "name": "--backbone", "weights": "--weights"}
+_OPTIONS = {"k_min": "--k-range", "k_max": "--k-range", "method": "--model", "name": "--backbone",
+            "weights": "--weights"}
 _FIELDS = ("alpha", "batch_size", "blend", "chunk_size", "collar_buffer", "device", "iterations", "k",
            "nodata_tolerance", "overlap", "refine", "scale", "seed", "slic_size", "target_resolution", "tau",
            "upsampling", "window", "workers")
 _SECTION_FIELD = re.compile(r"\b(?:read|window|backbone|cluster|head_refine|labels|engine)\.(" + "|".join(_FIELDS) + r")\b(?=:)")
-_FIELD_VALUE = re.compile(r"\b(" + "|".join(sorted([*_FIELDS, *_OPTIONS], key=len, reverse=True)) + r")=('([^']*)'|[^\s:,;)]+)")
+# A field inside "SomethingConfig(field=value)" is Python, for API users, and stays.
+_FIELD_VALUE = re.compile(r"(?<!Config\()\b(" + "|".join(sorted([*_FIELDS, *_OPTIONS], key=len, reverse=True)) + r")=('([^']*)'|[^\s:,;)]+)")
 
 
 def flag_names(message: str) -> str:

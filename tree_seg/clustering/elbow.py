@@ -174,7 +174,7 @@ def select_k(
     chosen, hit_top = choose_elbow(ks, inertias, threshold)
     if hit_top:
         warnings.warn(
-            f"no relative inertia drop fell below {threshold:.3g} ({threshold:.1%}) for K in {k_min}..{k_max}, "
+            f"no relative inertia drop fell below {threshold:.3g} ({threshold * 100:g}%) for K in {k_min}..{k_max}, "
             f"so K={k_max} was chosen: raise k_max (the top of --k-range) or the threshold "
             "(--elbow-threshold, in percent), or fix K with --k",
             ElbowRangeWarning,
