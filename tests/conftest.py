@@ -36,3 +36,11 @@ def dinov2_weights() -> Path:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(12345)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # Every test that uses the shared folder gets the marker, so that
+    # "-m shared_data" selects all of them.
+    for item in items:
+        if {"shared_data", "dinov2_weights"} & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.shared_data)
