@@ -28,6 +28,7 @@ from tree_seg.evaluation.metrics import ImageScores, mean_scores, score_image
 from tree_seg.exceptions import ConfigurationError
 from tree_seg.io.reader import open_raster
 from tree_seg.io.writer import write_json_atomic
+from tree_seg.log_context import input_context
 from tree_seg.models import load_backbone
 from tree_seg.models.base import Backbone
 
@@ -211,7 +212,8 @@ def evaluate_dataset(
     records: dict[str, list[dict[str, Any]]] = {v.name: [] for v in variants}
     scores: dict[str, list[ImageScores]] = {v.name: [] for v in variants}
     for pair in dataset.pairs:
-        image_records, label_maps, image, truth = _evaluate_image(pair, config, variants, backbone, n_classes)
+        with input_context(pair.image_path.name):
+            image_records, label_maps, image, truth = _evaluate_image(pair, config, variants, backbone, n_classes)
         for name, record in image_records.items():
             records[name].append(record)
             fields: dict[str, Any] = {
