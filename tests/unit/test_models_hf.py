@@ -201,6 +201,13 @@ def test_dinov3_preprocessor_normalisation(tmp_path: Path) -> None:
     assert info["std"] == [0.213, 0.156, 0.143]
 
 
+def test_auto_backbone_with_mismatched_weights_names_resolved_backbone(tmp_path: Path) -> None:
+    folder = _save_dinov3(tmp_path / "ckpt", **{**TINY, "patch_size": 14})
+
+    with pytest.raises(ConfigurationError, match=r"^backbone auto loads dinov3_vits16, and weights in .* patch size 14"):
+        load_backbone(BackboneConfig(name="auto", weights=folder, device="cpu"))
+
+
 def test_dinov3_wrong_patch_size(tmp_path: Path) -> None:
     folder = _save_dinov3(tmp_path / "ckpt", **{**TINY, "patch_size": 14})
 

@@ -102,6 +102,9 @@ def _load_auto(config: BackboneConfig) -> Backbone:
     spec = resolve_backbone(_AUTO_BACKBONE)
     try:
         backbone: Backbone = HFBackbone(spec, weights=config.weights, device=config.device, dtype=config.dtype)
+    except ConfigurationError as error:
+        # The user may not know that "auto" means this backbone.
+        raise ConfigurationError(f"backbone auto loads {spec.name}, and {error}") from None
     except WeightsNotFoundError as error:
         if config.weights is not None:
             raise
