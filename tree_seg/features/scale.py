@@ -28,6 +28,11 @@ def pixel_size_m(crs: CRS | None, transform: Affine) -> float | None:
 
     None when the raster has no CRS or its CRS is not in metres (degrees,
     feet). Non-square pixels count by the square root of the pixel area.
+
+    NOTE: a projected CRS's metres are taken as ground metres. In Mercator
+    (EPSG:3395, EPSG:3857) a map metre covers cos(latitude) ground metres,
+    so at 48 degrees north ``scale="auto"`` aims at about 0.67 times the
+    target resolution.
     """
     if crs is None:
         return None
@@ -76,8 +81,10 @@ def resolve_scale(
         logger.info("scale auto: the raster's pixel size is not in metres, so it is kept (scale 1.0)")
         return 1.0
     scale = max(MIN_SCALE, size / window.target_resolution)
-    if shape is not None:
-        scale = max(scale, MIN_SIDE_PX / min(shape))
+    floor = ""
+    if shape is not None and MIN_SIDE_PX / min(shape) > scale:
+        scale = MIN_SIDE_PX / min(shape)
+        floor = f", not {window.target_resolution:g} m, to keep the shorter side at {MIN_SIDE_PX} px or more"
     scale = round(min(1.0, scale), 3)
-    logger.info("scale auto: %.3f m pixels resampled by %.3f to about %.2f m", size, scale, size / scale)
+    logger.info("scale auto: %.3f m pixels resampled by %.3f to about %.2f m%s", size, scale, size / scale, floor)
     return scale
