@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 
 from tree_seg.log_context import InputTagFilter, current_input, input_context
 
@@ -39,3 +40,16 @@ def test_context_is_reset_after_an_error():
         pass
 
     assert current_input() is None
+
+
+def test_filter_tags_records_of_other_threads_with_open_input():
+    tags = []
+    with input_context("ortho.tif"):
+        thread = threading.Thread(target=lambda: tags.append(_tag_of_record()))
+        thread.start()
+        thread.join()
+    thread = threading.Thread(target=lambda: tags.append(_tag_of_record()))
+    thread.start()
+    thread.join()
+
+    assert tags == ["[ortho.tif] ", ""]
