@@ -42,7 +42,7 @@ def test_context_is_reset_after_an_error():
     assert current_input() is None
 
 
-def test_filter_tags_records_of_other_threads_with_open_input():
+def test_filter_tags_other_thread_records():
     tags = []
     with input_context("ortho.tif"):
         thread = threading.Thread(target=lambda: tags.append(_tag_of_record()))
