@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import warnings
 from pathlib import Path
 
@@ -210,7 +211,7 @@ def test_read_mask_resampled_by_transform(tmp_path: Path) -> None:
     np.testing.assert_array_equal(mask, expected)
 
 
-def test_read_mask_offset_transform_same_size(tmp_path: Path) -> None:
+def test_read_mask_offset_transform_same_size(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     values = np.arange(1, 5, dtype=np.uint8).reshape(2, 2)
     one_column_east = Affine(1.0, 0.0, 500001.0, 0.0, -1.0, 6000000.0)
     pair = Pair(
@@ -219,9 +220,11 @@ def test_read_mask_offset_transform_same_size(tmp_path: Path) -> None:
         mask_path=_write_tif(tmp_path / "a_mask.tif", values, transform=one_column_east),
     )
 
-    mask = _read_with_image_grid(pair)
+    with caplog.at_level(logging.WARNING, logger="tree_seg"):
+        mask = _read_with_image_grid(pair)
 
     np.testing.assert_array_equal(mask, [[255, 1], [255, 3]])
+    assert "covers 50.0% of image" in caplog.text
 
 
 def test_read_mask_rotated_transform(tmp_path: Path) -> None:

@@ -329,4 +329,9 @@ def read_mask(
         image_shape,
         "by transforms" if both_georeferenced else "by size",
     )
+    footprint = _resample_nearest(np.zeros(mask.shape, dtype=np.uint8), image_to_mask, image_shape)
+    outside = float(np.mean(footprint == MASK_IGNORE))
+    if outside > 0:
+        logger.warning("mask %s covers %.1f%% of image %s; the rest is scored as unlabelled", pair.mask_path,
+                       100 * (1 - outside), pair.image_path)
     return _resample_nearest(mask, image_to_mask, image_shape)
