@@ -7,9 +7,9 @@ copies it into each record as ``record.input_tag`` (``"[name] "``, or an
 empty string outside any input). Records handled in another thread, such as
 those that Dask workers forward to the client's event loop, do not see the
 context variable, so they get the name of the innermost input still open in
-any thread. The library only sets the variable, so
-it changes nothing for callers that do not add the filter. The command line
-adds it to its handlers and puts ``%(input_tag)s`` in its format.
+any thread. The library only records the name, so it changes nothing for
+callers that do not add the filter. The command line adds it to its
+handlers and puts ``%(input_tag)s`` in its format.
 """
 
 from __future__ import annotations

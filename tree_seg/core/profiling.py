@@ -71,7 +71,7 @@ class RunProfile:
         start = time.perf_counter()
         outcome = "stopped by an error or interrupt after"
         try:
-            # Inside the try, so that an interrupt right after this line
+            # Inside the try, so that an interrupt while this line is written
             # still logs the stage as stopped.
             logger.info("stage %s started", name)
             yield

@@ -252,7 +252,12 @@ def workers_have_gpu(client: Client | None) -> bool:
     if client is None:
         return False
     workers = client.scheduler_info(n_workers=-1)["workers"].values()
-    return any(float(worker.get("resources", {}).get("GPU", 0)) > 0 for worker in workers)
+    return any(_advertises_gpu(worker) for worker in workers)
+
+
+def _advertises_gpu(worker_info: dict[str, Any]) -> bool:
+    # worker_info is one entry of the scheduler's "workers" description.
+    return float(worker_info.get("resources", {}).get("GPU", 0)) > 0
 
 
 def tree_reduce(items: Sequence[T], combine: Callable[..., T], *, split_every: int = SPLIT_EVERY,
@@ -337,8 +342,7 @@ class Executor:
             return [func(*args)]
         annotations = self._annotations(gpu)
         workers = self.client.scheduler_info(n_workers=-1)["workers"]
-        addresses = [address for address, info in workers.items()
-                     if not annotations or float(info.get("resources", {}).get("GPU", 0)) > 0]
+        addresses = [address for address, info in workers.items() if not annotations or _advertises_gpu(info)]
         futures = [self.client.submit(func, *args, pure=False, workers=[address], allow_other_workers=False,
                                       **annotations) for address in addresses]
         return self.client.gather(futures)

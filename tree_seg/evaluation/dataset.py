@@ -203,11 +203,12 @@ def _is_georeferenced(crs: CRS | None, transform: Affine | None) -> bool:
 
 def _resample_nearest(
     mask: np.ndarray, image_to_mask: Affine, image_shape: tuple[int, int]
-) -> np.ndarray:
+) -> tuple[np.ndarray, float]:
     """Sample the mask at the image pixel centres by nearest neighbour, MASK_IGNORE outside the mask.
 
     ``image_to_mask`` maps image pixel coordinates (column, row) to mask pixel
-    coordinates.
+    coordinates. Returns the resampled mask and the fraction of image pixels
+    that the mask covers.
     """
     height, width = image_shape
     cols = np.arange(width, dtype=np.float64) + 0.5
@@ -230,7 +231,7 @@ def _resample_nearest(
     )
     resampled = np.full(image_shape, MASK_IGNORE, dtype=np.uint8)
     resampled[inside] = mask[mask_rows[inside], mask_cols[inside]]
-    return resampled
+    return resampled, float(inside.mean())
 
 
 def _read_mask_band(path: Path) -> tuple[np.ndarray, CRS | None, Affine]:
@@ -329,9 +330,8 @@ def read_mask(
         image_shape,
         "by transforms" if both_georeferenced else "by size",
     )
-    footprint = _resample_nearest(np.zeros(mask.shape, dtype=np.uint8), image_to_mask, image_shape)
-    outside = float(np.mean(footprint == MASK_IGNORE))
-    if outside > 0:
-        logger.warning("mask %s covers %.1f%% of image %s; the rest is scored as unlabelled", pair.mask_path,
-                       100 * (1 - outside), pair.image_path)
-    return _resample_nearest(mask, image_to_mask, image_shape)
+    resampled, covered = _resample_nearest(mask, image_to_mask, image_shape)
+    if covered < 1.0:
+        logger.warning("mask %s covers %.1f%% of image %s, so the rest is scored as unlabelled", pair.mask_path,
+                       100 * covered, pair.image_path)
+    return resampled

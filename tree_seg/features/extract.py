@@ -176,10 +176,9 @@ def extract_patch_features(
 
     origins = grid.windows_touching(rows, cols)
     if valid is not None:
-        valid_reader = _array_reader(np.asarray(valid, dtype=bool)[None], grid) if isinstance(valid, np.ndarray) \
-            else valid
+        valid_reader = _array_reader(valid[None], grid) if isinstance(valid, np.ndarray) else valid
         n_windows = len(origins)
-        origins = [(y0, x0) for y0, x0 in origins if _window_has_data(valid_reader, grid, y0, x0)]
+        origins = [(y0, x0) for y0, x0 in origins if read_window(valid_reader, grid, y0, x0).any()]
         if len(origins) < n_windows:
             logger.debug("skipping %d of %d windows without valid pixels", n_windows - len(origins), n_windows)
     weights = grid.blend_weights()
@@ -213,14 +212,6 @@ def extract_patch_features(
     # a zero weight means that only skipped windows cover the patch.
     np.divide(sums, weight_sums[..., None], out=sums, where=weight_sums[..., None] > 0)
     return sums
-
-
-def _window_has_data(valid: Reader, grid: WindowGrid, y0: int, x0: int) -> bool:
-    # The window's pixels, edge reflection included, all come from this range.
-    height, width = grid.window_shape
-    rows = reflect_index(np.arange(y0, y0 + height), grid.height)
-    cols = reflect_index(np.arange(x0, x0 + width), grid.width)
-    return bool(np.asarray(valid(int(rows.min()), int(rows.max()) + 1, int(cols.min()), int(cols.max()) + 1)).any())
 
 
 def patch_validity(valid: np.ndarray, patch_size: int) -> np.ndarray:

@@ -284,10 +284,11 @@ def _open(mask: np.ndarray, radius: int) -> np.ndarray:
 
 def _dilate(mask: np.ndarray, radius: int) -> np.ndarray:
     # Binary dilation of a (y, x) mask by the disk of offsets with
-    # dy**2 + dx**2 <= radius**2, with nothing outside the array. The disk is a stack of horizontal runs, so the result is the
-    # union of the mask's run-wise dilations, each shifted by its row offset.
-    # On 2048 x 2048 collar masks these few dozen ORs took 1/10 to 1/50 of
-    # the time of scipy.ndimage.
+    # dy**2 + dx**2 <= radius**2, with nothing outside the array. The disk is
+    # a stack of horizontal runs, so the result is the union of the mask's
+    # run-wise dilations, each shifted by its row offset. On 2048 x 2048
+    # collar masks these few dozen ORs took 1/10 to 1/50 of the time of
+    # scipy.ndimage.
     if radius == 0:
         return mask
     height, width = mask.shape
