@@ -45,9 +45,9 @@ WindowOption = Annotated[int | None, typer.Option(help="Window side in pixels of
 
 OverlapOption = Annotated[int | None, typer.Option(help="Overlap between windows in pixels; a multiple of the patch size. [default: 112]", show_default=False)]
 
-ScaleOption = Annotated[str | None, typer.Option(help="Resampling factor before feature extraction (0.5 halves each side), or auto: about --target-resolution metres per pixel for rasters in a metric CRS, without upsampling and keeping the shorter side at least 512 resampled pixels, else 1. Labels are written on the input grid. [default: auto]", show_default=False)]
+ScaleOption = Annotated[str | None, typer.Option(help="Resampling factor before feature extraction (0.5 halves each side), or auto: about --target-resolution ground metres per pixel for georeferenced rasters (projected or in degrees), without upsampling and keeping the shorter side at least 512 resampled pixels, else 1. Labels are written on the input grid. [default: auto]", show_default=False)]
 
-TargetResolutionOption = Annotated[float | None, typer.Option(help="Pixel size in metres that --scale auto aims for. [default: 0.2]", show_default=False)]
+TargetResolutionOption = Annotated[float | None, typer.Option(help="Ground pixel size in metres that --scale auto aims for, measured on the ellipsoid at the raster's centre (a Web Mercator metre at 50 degrees north is 0.64 m). [default: 0.2]", show_default=False)]
 
 SeedOption = Annotated[int | None, typer.Option(help="Seed of K-means and patch sampling. [default: 0]", show_default=False)]
 

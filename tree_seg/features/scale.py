@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+from typing import cast
 
 import pyproj
 from affine import Affine
@@ -23,29 +24,67 @@ MIN_SIDE_PX = 512
 16 px), so that a small or very fine raster still gets enough patches to cluster."""
 
 
-def pixel_size_m(crs: CRS | None, transform: Affine) -> float | None:
-    """Return the pixel size in metres (geometric mean of both axes), or None.
+def pixel_size_m(crs: CRS | None, transform: Affine, shape: tuple[int, int] | None = None) -> float | None:
+    """Return the ground size of a pixel in metres, or None where it is unknown.
 
-    None when the raster has no CRS or its CRS is not in metres (degrees,
-    feet). Non-square pixels count by the square root of the pixel area.
+    Where the CRS has a datum (projected or geographic), the size is measured
+    on its ellipsoid at the raster's centre, so a Mercator metre at 48 degrees
+    north counts as 0.67 m, and degrees and feet work too. A CRS without a
+    datum whose axes are in metres (a local engineering CRS) counts its own
+    metres. Non-square pixels count by the square root of their area.
 
-    NOTE: a projected CRS's metres are taken as ground metres. In Mercator
-    (EPSG:3395, EPSG:3857) a map metre covers cos(latitude) ground metres,
-    so at 48 degrees north ``scale="auto"`` aims at about 0.67 times the
-    target resolution.
+    Parameters
+    ----------
+    crs : rasterio.crs.CRS or None
+        The raster's CRS; None gives None.
+    transform : affine.Affine
+        Pixel to CRS coordinates, x then y (GDAL's order, longitude first).
+    shape : tuple of int, optional
+        (height, width) in pixels; the size is measured at the centre pixel.
+        Default: at the transform's origin.
+
+    Returns
+    -------
+    float or None
+        Metres per pixel, > 0.
     """
     if crs is None:
         return None
     try:
-        axes = pyproj.CRS.from_wkt(crs.to_wkt()).axis_info
+        parsed = pyproj.CRS.from_wkt(crs.to_wkt())
     except pyproj.exceptions.CRSError:
         return None
+
+    centre = (shape[1] / 2.0, shape[0] / 2.0) if shape is not None else (0.0, 0.0)
+    if parsed.geodetic_crs is not None:
+        size = _ground_pixel_size(parsed, transform, centre)
+        if size is not None:
+            return size
+
     # LOCAL_CS and engineering CRSs have no "linear units" in rasterio but
     # state the unit of each axis.
+    axes = parsed.axis_info
     if not axes or any(axis.unit_name not in ("metre", "meter") for axis in axes[:2]):
         return None
     area = abs(transform.a * transform.e - transform.b * transform.d)
     return math.sqrt(area) if area > 0 else None
+
+
+def _ground_pixel_size(crs: pyproj.CRS, transform: Affine, centre: tuple[float, float]) -> float | None:
+    # Geodesic lengths of the pixel's two edges at `centre` (pixel
+    # coordinates) on the CRS's ellipsoid, and the angle between them, give
+    # the pixel's ground area. None when the point does not convert.
+    geodetic = cast(pyproj.CRS, crs.geodetic_crs)
+    try:
+        to_lonlat = pyproj.Transformer.from_crs(crs, geodetic, always_xy=True)
+        column, row = centre
+        xs, ys = zip(transform * (column, row), transform * (column + 1, row), transform * (column, row + 1))
+        lons, lats = to_lonlat.transform(xs, ys, errcheck=True)
+        azimuths, _, lengths = geodetic.get_geod().inv([lons[0]] * 2, [lats[0]] * 2, lons[1:], lats[1:])
+    except pyproj.exceptions.ProjError:
+        return None
+    area = lengths[0] * lengths[1] * abs(math.sin(math.radians(azimuths[1] - azimuths[0])))
+    return math.sqrt(area) if math.isfinite(area) and area > 0 else None
 
 
 def resolve_scale(
@@ -57,12 +96,12 @@ def resolve_scale(
     ----------
     window : WindowConfig
         A number is returned unchanged; ``"auto"`` aims at
-        ``window.target_resolution`` metres per pixel without upsampling.
+        ``window.target_resolution`` ground metres per pixel (see
+        :func:`pixel_size_m`) without upsampling.
     crs : rasterio.crs.CRS or None
         The raster's CRS.
     transform : affine.Affine
         The raster's transform (CRS units per pixel).
-
     shape : tuple of int, optional
         (height, width) of the raster in pixels; ``"auto"`` then keeps the
         shorter side at least :data:`MIN_SIDE_PX` pixels.
@@ -76,9 +115,10 @@ def resolve_scale(
     if not isinstance(window.scale, str):
         return float(window.scale)
 
-    size = pixel_size_m(crs, transform)
+    size = pixel_size_m(crs, transform, shape)
     if size is None:
-        logger.info("scale auto: the raster's pixel size is not in metres, so it is kept (scale 1.0)")
+        logger.info("scale auto: the raster's ground pixel size is unknown (no CRS with a datum or metre "
+                    "axes), so it is kept (scale 1.0)")
         return 1.0
     scale = max(MIN_SCALE, size / window.target_resolution)
     floor = ""
@@ -86,5 +126,6 @@ def resolve_scale(
         scale = MIN_SIDE_PX / min(shape)
         floor = f", not {window.target_resolution:g} m, to keep the shorter side at {MIN_SIDE_PX} px or more"
     scale = round(min(1.0, scale), 3)
-    logger.info("scale auto: %.3f m pixels resampled by %.3f to about %.2f m%s", size, scale, size / scale, floor)
+    logger.info("scale auto: %.3f m ground pixels resampled by %.3f to about %.2f m%s", size, scale, size / scale,
+                floor)
     return scale
