@@ -66,6 +66,8 @@ def test_cli_rejects_v2_options_for_kmeans(tmp_path):
     [
         (["--k", "4", "--k-range", "2:6"], "--k-range only applies when the elbow rule chooses K, and --k fixes it"),
         (["--k", "4", "--elbow-threshold", "10"], "--elbow-threshold only applies when the elbow rule chooses K"),
+        (["--k", "4", "--k-range", "2:6", "--elbow-threshold", "10"],
+         "--k-range and --elbow-threshold only apply when the elbow rule chooses K"),
         (["--scale", "0.5", "--target-resolution", "0.2"], "--target-resolution only applies with --scale auto, not --scale 0.5"),
         (["--nodata", "none", "--collar-buffer", "5"], "--collar-buffer only applies to a nodata value"),
         (["--nodata", "none", "--nodata-tolerance", "3"], "--nodata-tolerance only applies to a nodata value"),

@@ -145,21 +145,24 @@ def check_output_names(paths: list[Path]) -> None:
 def _check_unused_options(config: SegmentationConfig, options: dict[str, Any]) -> None:
     """Reject options that the resolved configuration would ignore."""
     if config.cluster.k is not None:
-        elbow = [_flag(name) for name in ("k_range", "elbow_threshold") if options.get(name) is not None]
-        if elbow:
-            source = "--k" if options.get("k") is not None else "the profile's fixed k"
-            verb = "applies" if len(elbow) == 1 else "apply"
-            raise typer.BadParameter(f"{' and '.join(elbow)} only {verb} when the elbow rule chooses K, and {source} "
-                                     "fixes it: drop one of them")
+        source = "--k" if options.get("k") is not None else "the profile's fixed k"
+        _reject_given(options, ("k_range", "elbow_threshold"),
+                      f"when the elbow rule chooses K, and {source} fixes it: drop one of them")
     if options.get("target_resolution") is not None and config.window.scale != "auto":
         raise typer.BadParameter(f"--target-resolution only applies with --scale auto, not --scale "
                                  f"{config.window.scale:g}: drop one of them")
     if config.read.nodata == "none":
-        unused = [_flag(name) for name in ("nodata_tolerance", "collar_buffer") if options.get(name) is not None]
-        if unused:
-            verb = "applies" if len(unused) == 1 else "apply"
-            raise typer.BadParameter(f"{' and '.join(unused)} only {verb} to a nodata value, and --nodata none "
-                                     "masks nothing: drop them or give --nodata a value")
+        _reject_given(options, ("nodata_tolerance", "collar_buffer"),
+                      "to a nodata value, and --nodata none masks nothing: drop them or give --nodata a value")
+
+
+def _reject_given(options: dict[str, Any], names: tuple[str, ...], condition: str) -> None:
+    # Raises "--a and --b only apply <condition>" for the options among names
+    # that the user gave.
+    given = [_flag(name) for name in names if options.get(name) is not None]
+    if given:
+        verb = "applies" if len(given) == 1 else "apply"
+        raise typer.BadParameter(f"{' and '.join(given)} only {verb} {condition}")
 
 
 def check_output_folder(outdir: Path) -> None:
