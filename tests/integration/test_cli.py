@@ -426,6 +426,30 @@ def test_cli_interrupt_reports_finished_inputs(tmp_path):
     assert not (out / "tcd_00000_image_head-refine_labels.tif").exists()
 
 
+def test_cli_late_interrupt_keeps_exit_code(tmp_path, monkeypatch):
+    import os
+    import signal
+
+    from tree_seg.cli import main as cli_main
+
+    print_summary = cli_main._print_summary
+
+    def summary_then_interrupt(total, failed):
+        print_summary(total, failed)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(cli_main, "_print_summary", summary_then_interrupt)
+    handler_before = signal.getsignal(signal.SIGINT)
+
+    result = _invoke("segment", str(EXAMPLE), "-o", str(tmp_path / "out"), "--backbone", "texture",
+                     "--engine", "memory", "--no-pictures")
+
+    assert result.exit_code == 0, result.output
+    assert "interrupt ignored: every input has finished" in result.output
+    assert (tmp_path / "out" / "tcd_00000_image_head-refine_labels.tif").exists()
+    assert signal.getsignal(signal.SIGINT) is handler_before
+
+
 def test_cli_feature_store_file_rejected(tmp_path):
     store = tmp_path / "store"
     store.write_text("not a store")

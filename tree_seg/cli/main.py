@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 import tempfile
+import threading
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -390,7 +391,7 @@ def segment(
         _print_summary(len(problems), len(problems))
         raise typer.Exit(code=1)
     dask_options = {"workers": workers, "chunk_size": chunk_size, "scheduler": scheduler, "feature_store": feature_store}
-    with output_folder(outdir):
+    with _sigint_restored(), output_folder(outdir):
         try:
             if _use_dask(engine, list(shapes.values()), config, dask_options):
                 failures = run_batch_dask(paths, outdir, config, show_metrics=metrics, pictures=pictures,
@@ -496,6 +497,7 @@ def run_batch_dask(
         typer.echo("\ninterrupted: inputs with a _labels.tif are complete; run the same command again to resume "
                    "the others from their feature stores", err=True)
         raise typer.Exit(code=130) from None
+    _all_inputs_finished()
     for item in items:
         if item.status == "ok" and show_metrics:
             _print_stage_table(item.path.name, _engine_profile(item.result),
@@ -581,12 +583,39 @@ def run_batch(
         if show_metrics:
             _print_stage_table(path.name, profile)
 
+    _all_inputs_finished()
     typer.echo(f"\nbackbone: {backbone.info()['name']}")
     for path_text, status, detail in rows:
         typer.echo(f"{status:<7} {path_text}: {detail}")
     failed = sum(1 for _, status, _ in rows if status != "ok")
     _print_summary(len(rows) + failed_before, failed + failed_before)
     return failed
+
+
+@contextmanager
+def _sigint_restored() -> Iterator[None]:
+    # Puts back the SIGINT handler that _all_inputs_finished replaces, so a
+    # caller that runs the command in-process keeps its own.
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        yield
+    finally:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, previous)
+
+
+def _all_inputs_finished() -> None:
+    """Make SIGINT print a note instead of interrupting, once every input has an outcome.
+
+    The exit code then reports the inputs (0 or 1) rather than 130, and the
+    shutdown, which may close a Dask cluster, runs to its end.
+    """
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, _note_late_interrupt)
+
+
+def _note_late_interrupt(signum: int, frame: Any) -> None:
+    typer.echo("\ninterrupt ignored: every input has finished, and the run is shutting down", err=True)
 
 
 def _k_text(k: int, used: int) -> str:
