@@ -120,7 +120,7 @@ def neighbour_timings(best_time):
     valid = np.ones((GRID, GRID), dtype=bool)
     # The reference takes tau as given, so the stage gets the same fixed tau
     # (the one "auto" picks) rather than calibrating it on every run.
-    tau = refine(features, valid, centroids, HeadRefineConfig(blend="neighbour"), patch_size=16).tau
+    tau = refine(features, valid, centroids, HeadRefineConfig(blend="neighbour", tau="auto"), patch_size=16).tau
     config = HeadRefineConfig(blend="neighbour", alpha=0.5, iterations=ITERATIONS, tol=0.0, tau=tau)
     features_t = torch.as_tensor(features)
     centroids_t = torch.as_tensor(centroids, dtype=torch.float32)

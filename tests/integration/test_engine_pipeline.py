@@ -106,10 +106,11 @@ def test_engine_chunk_sizes_identical(pattern, tmp_path, method):
 
 @pytest.fixture(scope="module")
 def head_refine_runs(pattern, tmp_path_factory):
-    """Run V2 (guided blend, bilinear upsampling) with the engine in 128-pixel chunks and in memory."""
+    """Run V2 (guided blend, tau "auto", bilinear upsampling) with the engine in 128-pixel chunks and in memory."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    config = engine_config("head-refine", 128, labels={"upsampling": "bilinear"})
+    # tau "auto" also checks that the chunked margins calibrate the same tau.
+    config = engine_config("head-refine", 128, labels={"upsampling": "bilinear"}, head_refine={"tau": "auto"})
     result = run_engine(pattern, tmp_path_factory.mktemp("v2"), config, feature_dtype="float32")
     expected = run_segmentation(str(pattern), config)
     torch.set_num_threads(threads)

@@ -470,6 +470,26 @@ def test_refine_converges_early(rng):
     assert result.tau > 0
 
 
+def test_refine_auto_tau_uses_sample_margins(rng):
+    truth = _block_map(16, 16, 4)
+    features = _features(rng, truth, noise=0.2)
+    valid = np.ones(truth.shape, dtype=bool)
+    centroids, _ = _kmeans(features, valid, 4)
+    sample = np.zeros(truth.shape, dtype=bool)
+    sample[:8] = True
+    config = HeadRefineConfig(blend="neighbour", tau="auto")
+    unit = centroids / np.linalg.norm(centroids, axis=1, keepdims=True)
+
+    whole = refine(features, valid, centroids, config, patch_size=16)
+    sampled = refine(features, valid, centroids, config, patch_size=16, tau_sample=sample)
+    fixed = refine(features, valid, centroids, HeadRefineConfig(blend="neighbour"), patch_size=16)
+
+    assert whole.tau == pytest.approx(tau_from_margins(nearest_margins(features, valid, unit)), rel=1e-6)
+    assert sampled.tau == pytest.approx(tau_from_margins(nearest_margins(features, sample, unit)), rel=1e-6)
+    assert sampled.tau != pytest.approx(whole.tau, rel=1e-3)
+    assert fixed.tau == 0.05
+
+
 def test_describe_convergence_names_each_case():
     from tree_seg.clustering.head_refine import describe_convergence
 
