@@ -317,7 +317,7 @@ def test_cli_elbow_threshold_out_of_range_names_value(tmp_path):
 
 
 def test_cli_k_text_names_clusters_in_use():
-    from tree_seg.cli.main import _k_text
+    from tree_seg.cli.batch import _k_text
 
     assert _k_text(6, 6) == "K=6"
     assert _k_text(8, 5) == "K=8 (5 in use)"
@@ -363,6 +363,16 @@ def test_cli_elbow_threshold_below_one_percent_warns(tmp_path, caplog):
 
     assert result.exit_code == 0, result.output
     assert "--elbow-threshold 0.05 is in percent, i.e. a 0.05% drop; for a 5% threshold pass 5" in caplog.text
+
+
+def test_console_script_runs_main():
+    # main() installs the SIGTERM handler that removes temporary files, so
+    # the installed tree-seg command must start there rather than at app.
+    from importlib.metadata import entry_points
+
+    (script,) = entry_points(group="console_scripts", name="tree-seg")
+
+    assert script.value == "tree_seg.cli.main:main"
 
 
 def test_cli_sigterm_leaves_no_temporary_files(tmp_path):
@@ -430,15 +440,15 @@ def test_cli_late_interrupt_keeps_exit_code(tmp_path, monkeypatch):
     import os
     import signal
 
-    from tree_seg.cli import main as cli_main
+    from tree_seg.cli import batch
 
-    print_summary = cli_main._print_summary
+    print_summary = batch.print_summary
 
     def summary_then_interrupt(total, failed):
         print_summary(total, failed)
         os.kill(os.getpid(), signal.SIGINT)
 
-    monkeypatch.setattr(cli_main, "_print_summary", summary_then_interrupt)
+    monkeypatch.setattr(batch, "print_summary", summary_then_interrupt)
     handler_before = signal.getsignal(signal.SIGINT)
 
     result = _invoke("segment", str(EXAMPLE), "-o", str(tmp_path / "out"), "--backbone", "texture",
@@ -464,7 +474,7 @@ def test_check_rasters_leaves_missing_crs_warning_to_reader(tmp_path):
     from PIL import Image
     from rasterio.errors import NotGeoreferencedWarning
 
-    from tree_seg.cli.main import check_rasters
+    from tree_seg.cli.paths import check_rasters
 
     path = tmp_path / "photo.png"
     Image.fromarray(np.zeros((20, 30, 3), dtype=np.uint8)).save(path)

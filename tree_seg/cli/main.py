@@ -2,27 +2,33 @@
 
 from __future__ import annotations
 
-import glob
 import logging
 import math
 import os
 import signal
 import sys
-import tempfile
-import threading
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from tree_seg.cli import params as p
-from tree_seg.cli.options import build_config, flag_names, parse_bands, parse_k_range, parse_nodata, parse_scale, parse_tau
+from tree_seg.cli.batch import print_summary, run_batch, run_batch_dask, sigint_restored
+from tree_seg.cli.options import (
+    build_config,
+    echo_error,
+    flag_names,
+    parse_bands,
+    parse_k_range,
+    parse_nodata,
+    parse_scale,
+    parse_tau,
+)
+from tree_seg.cli.paths import check_output_names, check_rasters, expand_inputs, output_folder
 from tree_seg.config import SegmentationConfig, profile_names
 from tree_seg.exceptions import ConfigurationError, RefinementFallbackWarning, TreeSegError
-from tree_seg.log_context import InputTagFilter, input_context
+from tree_seg.log_context import InputTagFilter
 
 app = typer.Typer(
     name="tree-seg",
@@ -34,9 +40,6 @@ app = typer.Typer(
 )
 
 logger = logging.getLogger("tree_seg.cli")
-
-RASTER_SUFFIXES = {".tif", ".tiff", ".vrt", ".png", ".jpg", ".jpeg", ".jp2", ".img"}
-
 
 def _print_version(value: bool) -> None:
     if value:
@@ -84,65 +87,6 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
         logging.getLogger("tree_seg").setLevel(logging.DEBUG)
 
 
-def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
-    """Expand files, folders (their rasters, sorted) and glob patterns into paths.
-
-    Returns
-    -------
-    paths : list of Path
-        Inputs in order, each file once.
-    problems : list of (str, str)
-        Missing files, folders without rasters and patterns that match
-        nothing, with the reason. The batch reports them as failed inputs,
-        before the backbone loads, and goes on.
-    """
-    paths: list[Path] = []
-    problems: list[tuple[str, str]] = []
-    for item in inputs:
-        path = Path(item)
-        if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.suffix.lower() in RASTER_SUFFIXES)
-            if not found:
-                problems.append((item, f"folder contains no raster file ({', '.join(sorted(RASTER_SUFFIXES))})"))
-            paths.extend(found)
-        elif any(char in item for char in "*?["):
-            found = sorted(Path(p) for p in glob.glob(item))
-            if not found:
-                problems.append((item, "pattern matches no file"))
-            paths.extend(found)
-        elif not path.exists():
-            problems.append((item, "file not found: check the path"))
-        else:
-            paths.append(path)
-
-    unique: list[Path] = []
-    seen: set[Path] = set()
-    for path in paths:
-        key = path.resolve()
-        if key not in seen:
-            seen.add(key)
-            unique.append(path)
-    return unique, problems
-
-
-def check_output_names(paths: list[Path]) -> None:
-    """Reject inputs whose outputs would overwrite each other (same file stem).
-
-    Raises
-    ------
-    typer.BadParameter
-        Naming the first two inputs that share a stem.
-    """
-    by_stem: dict[str, Path] = {}
-    for path in paths:
-        other = by_stem.setdefault(path.stem, path)
-        if other != path:
-            raise typer.BadParameter(
-                f"{other} and {path} would write the same outputs (stem {path.stem!r}); "
-                "segment them into different --output folders"
-            )
-
-
 def _check_unused_options(config: SegmentationConfig, options: dict[str, Any]) -> None:
     """Reject options that the resolved configuration would ignore."""
     if config.cluster.k is not None:
@@ -166,71 +110,8 @@ def _reject_given(options: dict[str, Any], names: tuple[str, ...], condition: st
         raise typer.BadParameter(f"{' and '.join(given)} only {verb} {condition}")
 
 
-def check_output_folder(outdir: Path) -> None:
-    """Create the output folder and check that it is writable, before any work.
-
-    Raises
-    ------
-    typer.BadParameter
-        When the folder cannot be created or written.
-    """
-    if outdir.exists() and not outdir.is_dir():
-        raise typer.BadParameter(f"output folder {outdir} is a file; choose another --output")
-    try:
-        outdir.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise typer.BadParameter(f"cannot create output folder {outdir}: {error.strerror}; choose another --output") from None
-    # A probe file, because os.access reports every folder writable for root.
-    try:
-        with tempfile.TemporaryFile(dir=outdir):
-            pass
-    except OSError as error:
-        raise typer.BadParameter(f"output folder {outdir} is not writable ({error.strerror}); choose another --output") from None
-
-
-def _echo_error(error: Exception) -> None:
-    # Library messages name configuration fields; the user typed options.
-    typer.echo(f"Error: {flag_names(str(error))}", err=True)
-
-
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
-
-
-@contextmanager
-def output_folder(outdir: Path) -> Iterator[None]:
-    """Create and check the output folder, and remove it if the block fails before writing to it.
-
-    A block that ends with an exception, ``typer.Exit`` included, and leaves
-    a folder that it created empty, removes that folder, so a failed run
-    leaves nothing behind.
-
-    Raises
-    ------
-    typer.BadParameter
-        When the folder cannot be created or written (see :func:`check_output_folder`).
-    """
-    created = not outdir.exists()
-    check_output_folder(outdir)
-    try:
-        yield
-    except BaseException:
-        if created and outdir.is_dir() and not any(outdir.iterdir()):
-            outdir.rmdir()
-        raise
-
-
-def _print_stage_table(name: str, profile: dict[str, Any], rss_label: str = "peak RSS") -> None:
-    typer.echo(f"\n{name}: time per stage")
-    typer.echo(f"  {'stage':<16}{'seconds':>10}")
-    for stage, seconds in profile["stage_seconds"].items():
-        typer.echo(f"  {stage:<16}{seconds:>10.2f}")
-    typer.echo(f"  {'total':<16}{profile['total_seconds']:>10.2f}")
-    typer.echo(f"  {rss_label} {profile['peak_rss_mb']:.0f} MiB")
-    if profile.get("peak_vram_mb") is not None:
-        typer.echo(f"  peak VRAM {profile['peak_vram_mb']:.0f} MiB")
-    if profile.get("seconds_per_window") is not None:
-        typer.echo(f"  {profile['seconds_per_window']:.3f} s per window")
 
 
 def _check_v2_options(config_method: str, v2_given: dict[str, Any]) -> None:
@@ -388,10 +269,10 @@ def segment(
     for item, reason in problems:
         typer.echo(f"failed  {item}: {reason}")
     if not paths:
-        _print_summary(len(problems), len(problems))
+        print_summary(len(problems), len(problems))
         raise typer.Exit(code=1)
     dask_options = {"workers": workers, "chunk_size": chunk_size, "scheduler": scheduler, "feature_store": feature_store}
-    with _sigint_restored(), output_folder(outdir):
+    with sigint_restored(), output_folder(outdir):
         try:
             if _use_dask(engine, list(shapes.values()), config, dask_options):
                 failures = run_batch_dask(paths, outdir, config, show_metrics=metrics, pictures=pictures,
@@ -405,44 +286,6 @@ def segment(
             raise typer.Exit(code=130) from None
         if failures or problems:
             raise typer.Exit(code=1)
-
-
-def check_rasters(
-    paths: list[Path], bands: tuple[int, ...] | None
-) -> tuple[dict[Path, tuple[int, int]], list[tuple[str, str]]]:
-    """Open each input's header and keep those that are readable rasters with the requested bands.
-
-    This reads no pixels, so a bad input fails in milliseconds instead of
-    after the backbone has loaded.
-
-    Returns
-    -------
-    shapes : dict of Path to (int, int)
-        The inputs that passed, in order, with their (height, width) in pixels.
-    problems : list of (str, str)
-        The others, with the reason.
-    """
-    import rasterio
-    from rasterio.errors import NotGeoreferencedWarning
-
-    readable: dict[Path, tuple[int, int]] = {}
-    problems: list[tuple[str, str]] = []
-    for path in paths:
-        try:
-            # The reader warns about a missing CRS later, in tree_seg's words.
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", NotGeoreferencedWarning)
-                with rasterio.open(path) as src:
-                    count, shape = src.count, (src.height, src.width)
-        except (rasterio.errors.RasterioIOError, OSError) as error:
-            problems.append((str(path), f"not a readable raster ({error}): check the file"))
-            continue
-        if bands and max(bands) > count:
-            reason = f"--bands asks for band {max(bands)} but the raster has {count} bands: use indices in 1..{count}"
-            problems.append((str(path), reason))
-            continue
-        readable[path] = shape
-    return readable, problems
 
 
 def _use_dask(engine: str, shapes: list[tuple[int, int]], config: SegmentationConfig,
@@ -464,167 +307,6 @@ def _use_dask(engine: str, shapes: list[tuple[int, int]], config: SegmentationCo
     if engine == "dask" or given:
         return True
     return any(max(shape) > config.engine.chunk_size for shape in shapes)
-
-
-def run_batch_dask(
-    paths: list[Path], outdir: Path, config: SegmentationConfig, *, show_metrics: bool, pictures: bool, progress: bool,
-    failed_before: int = 0,
-) -> int:
-    """Segment each path with the Dask engine on one cluster; return the number of failures.
-
-    ``failed_before`` is counted in the summary line as in :func:`run_batch`.
-    """
-    from tree_seg.engine import segment_many
-
-    if not progress:
-        # Worker processes inherit the environment, so this also hides the
-        # weight-loading bar that each worker prints when its backbone loads.
-        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-
-    # Importing distributed installs its own INFO-level handler, so quieten it
-    # after the import rather than in _setup_logging.
-    import distributed  # noqa: F401
-
-    if not logging.getLogger().isEnabledFor(logging.DEBUG):
-        logging.getLogger("distributed").setLevel(logging.WARNING)
-    try:
-        with _failures_left_to_summary():
-            items = segment_many(paths, outdir, config, pictures=pictures, progress=progress)
-    except TreeSegError as error:
-        _echo_error(error)
-        return len(paths)
-    except KeyboardInterrupt:
-        typer.echo("\ninterrupted: inputs with a _labels.tif are complete; run the same command again to resume "
-                   "the others from their feature stores", err=True)
-        raise typer.Exit(code=130) from None
-    _all_inputs_finished()
-    for item in items:
-        if item.status == "ok" and show_metrics:
-            _print_stage_table(item.path.name, _engine_profile(item.result),
-                               rss_label="peak RSS of this process (Dask workers not counted)")
-    typer.echo("\nengine: dask")
-    for item in items:
-        if item.status == "ok":
-            seconds = sum(item.result.timings.values())
-            k_text = _k_text(item.result.k, item.result.metadata["clusters_used"])
-            detail = f"{k_text}, {seconds:.1f} s -> {item.result.labels_path}"
-        else:
-            detail = flag_names(item.error or "")
-        typer.echo(f"{item.status:<7} {item.path}: {detail}")
-    failed = sum(1 for item in items if item.status != "ok")
-    _print_summary(len(items) + failed_before, failed + failed_before)
-    return failed
-
-
-def _drop_summarised_failure(record: logging.LogRecord) -> bool:
-    # The summary prints each failed input with its error. A failure with a
-    # traceback (an unexpected error) still shows it in the log.
-    return not (getattr(record, "input_failure", False) and not record.exc_info)
-
-
-@contextmanager
-def _failures_left_to_summary() -> Iterator[None]:
-    handlers = list(logging.getLogger().handlers)
-    for handler in handlers:
-        handler.addFilter(_drop_summarised_failure)
-    try:
-        yield
-    finally:
-        for handler in handlers:
-            handler.removeFilter(_drop_summarised_failure)
-
-
-def _engine_profile(result: Any) -> dict[str, Any]:
-    # The metadata is written before the label raster, so its profile lacks
-    # the write pass; the result's timings have every pass.
-    profile = dict(result.metadata.get("profile") or {})
-    profile["stage_seconds"] = dict(result.timings)
-    profile["total_seconds"] = sum(result.timings.values())
-    profile.setdefault("peak_rss_mb", float("nan"))
-    return profile
-
-
-def run_batch(
-    paths: list[Path], outdir: Path, config: SegmentationConfig, *, show_metrics: bool, pictures: bool = True,
-    failed_before: int = 0,
-) -> int:
-    """Segment each path with one loaded backbone; return the number of failures.
-
-    ``failed_before`` counts inputs that failed before the batch (missing
-    files, empty folders) in the closing summary line.
-    """
-    from tree_seg.core.segmentation import segment_to_files
-    from tree_seg.models import load_backbone
-
-    try:
-        backbone = load_backbone(config.backbone)
-    except TreeSegError as error:
-        _echo_error(error)
-        return len(paths)
-
-    rows: list[tuple[str, str, str]] = []
-    for path in paths:
-        try:
-            with input_context(path.name):
-                run, files = segment_to_files(path, outdir, config, backbone=backbone, pictures=pictures)
-        except KeyboardInterrupt:
-            finished = sum(1 for _, status, _ in rows if status == "ok")
-            typer.echo(f"\ninterrupted while segmenting {path}: {finished} of {len(paths)} inputs finished before, "
-                       "with complete outputs", err=True)
-            raise typer.Exit(code=130) from None
-        except (TreeSegError, OSError) as error:
-            # The summary at the end prints the error, so the log keeps it at debug level.
-            logger.debug("failed on %s: %s", path, error)
-            rows.append((str(path), "failed", str(error)))
-            continue
-        profile = run.profile.to_dict()
-        k_text = _k_text(run.model.k, run.clusters_used)
-        rows.append((str(path), "ok", f"{k_text}, {profile['total_seconds']:.1f} s -> {files['labels']}"))
-        if show_metrics:
-            _print_stage_table(path.name, profile)
-
-    _all_inputs_finished()
-    typer.echo(f"\nbackbone: {backbone.info()['name']}")
-    for path_text, status, detail in rows:
-        typer.echo(f"{status:<7} {path_text}: {detail}")
-    failed = sum(1 for _, status, _ in rows if status != "ok")
-    _print_summary(len(rows) + failed_before, failed + failed_before)
-    return failed
-
-
-@contextmanager
-def _sigint_restored() -> Iterator[None]:
-    # Puts back the SIGINT handler that _all_inputs_finished replaces, so a
-    # caller that runs the command in-process keeps its own.
-    previous = signal.getsignal(signal.SIGINT)
-    try:
-        yield
-    finally:
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGINT, previous)
-
-
-def _all_inputs_finished() -> None:
-    """Make SIGINT print a note instead of interrupting, once every input has an outcome.
-
-    The exit code then reports the inputs (0 or 1) rather than 130, and the
-    shutdown, which may close a Dask cluster, runs to its end.
-    """
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGINT, _note_late_interrupt)
-
-
-def _note_late_interrupt(signum: int, frame: Any) -> None:
-    typer.echo("\ninterrupt ignored: every input has finished, and the run is shutting down", err=True)
-
-
-def _k_text(k: int, used: int) -> str:
-    return f"K={k}" if used == k else f"K={k} ({used} in use)"
-
-
-def _print_summary(total: int, failed: int) -> None:
-    if total > 1 or failed:
-        typer.echo(f"{total - failed} of {total} inputs segmented, {failed} failed")
 
 
 def _shared_options(scope: dict[str, Any]) -> dict[str, Any]:
@@ -693,7 +375,7 @@ def evaluate(
         try:
             results = evaluate_dataset(dataset, outdir, config, methods=methods, pictures=pictures)
         except TreeSegError as error:
-            _echo_error(error)
+            echo_error(error)
             raise typer.Exit(code=1) from None
 
     typer.echo(f"\n{'method':<20}{'mIoU m2o':>10}{'mIoU hung':>11}{'bound. F':>10}{'pix acc':>9}{'K':>10}{'seconds':>9}")
@@ -774,7 +456,7 @@ def sweep(
         try:
             rows = sweep_head_refine(source, outdir, config, taus=tau_values, alphas=alpha_values, mask_path=mask)
         except TreeSegError as error:
-            _echo_error(error)
+            echo_error(error)
             raise typer.Exit(code=1) from None
 
     typer.echo(f"\n{'tau':>8}{'tau used':>10}{'alpha':>7}{'clusters':>10}{'iters':>7}{'mIoU':>8}{'bound. F':>10}")

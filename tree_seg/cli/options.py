@@ -16,7 +16,7 @@ import typer
 from tree_seg.config import SegmentationConfig, load_profile
 from tree_seg.exceptions import ConfigurationError
 
-__all__ = ["build_config", "flag_names", "parse_bands", "parse_k_range", "parse_nodata", "parse_scale", "parse_tau"]
+__all__ = ["build_config", "echo_error", "flag_names", "parse_bands", "parse_k_range", "parse_nodata", "parse_scale", "parse_tau"]
 
 # Configuration fields that a command-line option sets under another name.
 _OPTIONS = {"k_min": "--k-range", "k_max": "--k-range", "method": "--model", "name": "--backbone",
@@ -150,3 +150,8 @@ def build_config(
         return SegmentationConfig().with_updates(_merge(updates, cleaned))
     except ConfigurationError as error:
         raise typer.BadParameter(flag_names(str(error))) from None
+
+
+def echo_error(error: Exception) -> None:
+    """Print a library error on standard error, with option names for the configuration fields it names."""
+    typer.echo(f"Error: {flag_names(str(error))}", err=True)

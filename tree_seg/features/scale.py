@@ -75,12 +75,15 @@ def _ground_pixel_size(crs: pyproj.CRS, transform: Affine, centre: tuple[float, 
     # coordinates) on the CRS's ellipsoid, and the angle between them, give
     # the pixel's ground area. None when the point does not convert.
     geodetic = cast(pyproj.CRS, crs.geodetic_crs)
+    geod = geodetic.get_geod()
+    if geod is None:
+        return None
     try:
         to_lonlat = pyproj.Transformer.from_crs(crs, geodetic, always_xy=True)
         column, row = centre
         xs, ys = zip(transform * (column, row), transform * (column + 1, row), transform * (column, row + 1))
         lons, lats = to_lonlat.transform(xs, ys, errcheck=True)
-        azimuths, _, lengths = geodetic.get_geod().inv([lons[0]] * 2, [lats[0]] * 2, lons[1:], lats[1:])
+        azimuths, _, lengths = geod.inv([lons[0]] * 2, [lats[0]] * 2, lons[1:], lats[1:])
     except pyproj.exceptions.ProjError:
         return None
     area = lengths[0] * lengths[1] * abs(math.sin(math.radians(azimuths[1] - azimuths[0])))
