@@ -113,6 +113,10 @@ def test_segment_head_refine_returns_responsibilities(tmp_path):
     assert "responsibilities" not in result
     assert result.attrs["method"] == "head-refine"
     assert result.attrs["metadata"]["head_refine"]["alpha"] == config.head_refine.alpha
+    # One E-step runs no M-step, so there is nothing to converge.
+    assert result.attrs["m_steps"] == 0
+    assert result.attrs["converged"] is None
+    assert result.attrs["converged"] == result.attrs["metadata"]["head_refine"]["converged"]
 
 
 def test_responsibilities_crop_padding_cells(tmp_path):

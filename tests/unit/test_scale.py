@@ -93,3 +93,18 @@ def test_resolve_scale_keeps_short_side_and_says_so(caplog):
 def test_resolve_scale_without_metres_or_numeric():
     assert resolve_scale(WindowConfig(scale="auto"), crs=None, transform=Affine.identity()) == 1.0
     assert resolve_scale(WindowConfig(scale=0.25), crs=UTM, transform=UTM_TRANSFORM) == 0.25
+
+
+@pytest.mark.parametrize(("transform", "shape", "reason"), [
+    (Affine(0.2, 0, 500000, 0, -0.2, 6000000), (2000, 2000), "its pixels are not finer than the 0.2 m target"),
+    (UTM_TRANSFORM, (400, 400), "at 0.2 m its shorter side of 400 px would fall below 512 px"),
+])
+def test_resolve_scale_explains_scale_one(caplog, transform, shape, reason):
+    caplog.set_level(logging.INFO, logger="tree_seg")
+
+    scale = resolve_scale(WindowConfig(scale="auto", target_resolution=0.2), crs=UTM, transform=transform,
+                          shape=shape)
+
+    assert scale == 1.0
+    assert reason in caplog.text
+    assert "to keep the shorter side" not in caplog.text

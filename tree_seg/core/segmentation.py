@@ -301,10 +301,8 @@ def _dataset(
     dataset = xr.Dataset(data_vars)
     dataset.attrs.update({"method": config.method, "k": model.k, "backbone": grid.backbone["name"]})
     if refinement is not None:
-        dataset.attrs.update(
-            {"tau": float(refinement.tau), "iterations_run": int(refinement.iterations_run),
-             "converged": bool(refinement.converged), "fell_back": bool(refinement.fell_back)}
-        )
+        record = head_refine_metadata(refinement, config)
+        dataset.attrs.update({key: record[key] for key in ("tau", "iterations_run", "m_steps", "converged", "fell_back")})
     if source.georeferenced:
         dataset = dataset.rio.write_crs(source.crs).rio.write_transform(source.transform)
     return dataset
@@ -542,8 +540,9 @@ def segment(
         CRS and transform in ``rio``; ``centroids`` (cluster, feature);
         ``inertia`` (k) when K came from the elbow rule; attributes ``method``,
         ``k``, ``backbone`` and, for V2, ``tau``, ``iterations_run``,
-        ``converged`` and ``fell_back``. ``attrs["metadata"]`` holds the full
-        run record (configuration, backbone, timings).
+        ``m_steps``, ``converged`` (None when no M-step ran) and
+        ``fell_back``, as in the metadata. ``attrs["metadata"]`` holds the
+        full run record (configuration, backbone, timings).
     responsibilities : xarray.DataArray of shape (cluster, y, x), float32
         Only with ``return_scores=True``, as the second item of a tuple. The
         probability in [0, 1] that each cell belongs to each cluster, on the

@@ -123,12 +123,24 @@ def resolve_scale(
         logger.info("scale auto: the raster's ground pixel size is unknown (no CRS with a datum or metre "
                     "axes), so it is kept (scale 1.0)")
         return 1.0
-    scale = max(MIN_SCALE, size / window.target_resolution)
-    floor = ""
-    if shape is not None and MIN_SIDE_PX / min(shape) > scale:
-        scale = MIN_SIDE_PX / min(shape)
-        floor = f", not {window.target_resolution:g} m, to keep the shorter side at {MIN_SIDE_PX} px or more"
-    scale = round(min(1.0, scale), 3)
+    target = window.target_resolution
+    scale = max(MIN_SCALE, size / target)
+    short_side = min(shape) if shape is not None else None
+    floor = False
+    if short_side is not None and MIN_SIDE_PX / short_side > scale:
+        scale, floor = MIN_SIDE_PX / short_side, True
+
+    if scale >= 1.0:
+        if floor:
+            reason = (f"at {target:g} m its shorter side of {short_side} px would fall below {MIN_SIDE_PX} px, "
+                      "and rasters are never upsampled")
+        else:
+            reason = f"its pixels are not finer than the {target:g} m target, and rasters are never upsampled"
+        logger.info("scale auto: %.3f m ground pixels kept (scale 1.0): %s", size, reason)
+        return 1.0
+
+    scale = round(scale, 3)
+    detail = f", not {target:g} m, to keep the shorter side at {MIN_SIDE_PX} px or more" if floor else ""
     logger.info("scale auto: %.3f m ground pixels resampled by %.3f to about %.2f m%s", size, scale, size / scale,
-                floor)
+                detail)
     return scale
