@@ -15,7 +15,7 @@ from scipy import ndimage
 from typer.testing import CliRunner
 
 from tree_seg.cli.main import app
-from tree_seg.exceptions import BackboneFallbackWarning
+from tree_seg.exceptions import BackboneFallbackWarning, NoGeoreferenceWarning
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "tcd_00000_image.tif"
 
@@ -363,6 +363,42 @@ def test_cli_elbow_threshold_below_one_percent_warns(tmp_path, caplog):
 
     assert result.exit_code == 0, result.output
     assert "--elbow-threshold 0.05 is in percent, i.e. a 0.05% drop; for a 5% threshold pass 5" in caplog.text
+
+
+@pytest.mark.parametrize("engine", ["memory", "dask"])
+def test_cli_input_without_crs_keeps_transform(tmp_path, engine):
+    from rasterio.transform import from_origin
+
+    raster = tmp_path / "nocrs.tif"
+    transform = from_origin(1000.0, 2000.0, 0.25, 0.25)
+    rng = np.random.default_rng(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+        with rasterio.open(raster, "w", driver="GTiff", height=192, width=160, count=3, dtype="uint8",
+                           transform=transform) as dst:
+            dst.write(rng.integers(0, 255, size=(3, 192, 160), dtype=np.uint8))
+    options = ["--chunk-size", "128", "--scheduler", "synchronous"] if engine == "dask" else []
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NoGeoreferenceWarning)
+        result = _invoke("segment", str(raster), "-o", str(tmp_path / "out"), "--backbone", "texture", "--model",
+                         "kmeans", "--k", "3", "--no-pictures", "--engine", engine, *options)
+
+    assert result.exit_code == 0, result.output
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+        with rasterio.open(tmp_path / "out" / "nocrs_kmeans_labels.tif") as out:
+            assert out.crs is None
+            assert out.transform == transform
+            assert out.shape == (192, 160)
+
+
+def test_cli_nodata_outside_dtype_fails_input(tmp_path):
+    result = _invoke("segment", str(EXAMPLE), "-o", str(tmp_path / "out"), "--nodata", "300", "--backbone", "texture")
+
+    assert result.exit_code == 1
+    assert f"failed  {EXAMPLE}: invalid --nodata 300: uint8 pixels lie in 0..255" in result.output
+    assert not (tmp_path / "out").exists()
 
 
 def test_console_script_runs_main():

@@ -336,6 +336,24 @@ def test_choose_nodata_rule_order():
     assert plain == NodataRule("none")
 
 
+def test_nodata_value_outside_dtype_rejected():
+    uint8 = np.full((3, 8, 8), 50, dtype=np.uint8)
+    border = np.zeros((3, 32), dtype=np.uint8)
+
+    with pytest.raises(InvalidInputError, match=r"invalid nodata=300: uint8 pixels lie in 0\.\.255"):
+        choose_nodata_rule(ReadConfig(nodata=300), tag=255.0, alpha_band=None, sample=uint8, border=border)
+    with pytest.raises(InvalidInputError, match="invalid nodata=-1"):
+        choose_nodata_rule(ReadConfig(nodata=-1), tag=None, alpha_band=None, sample=uint8, border=border)
+
+    # Within the tolerance of the range, and any value for float pixels, are accepted.
+    edge = choose_nodata_rule(ReadConfig(nodata=257, nodata_tolerance=2), tag=None, alpha_band=None, sample=uint8,
+                              border=border)
+    floats = choose_nodata_rule(ReadConfig(nodata=300), tag=None, alpha_band=None,
+                                sample=uint8.astype(np.float32), border=border.astype(np.float32))
+    assert edge.value == 257.0
+    assert floats.value == 300.0
+
+
 def test_choose_nodata_rule_nan_value_and_none():
     sample = np.ones((3, 4, 4), dtype=np.float32)
     sample[0, 0, 0] = np.nan

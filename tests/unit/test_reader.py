@@ -31,7 +31,7 @@ def _write_tif(
     raw: np.ndarray,
     *,
     crs: CRS | None = UTM33,
-    transform: Affine = TRANSFORM,
+    transform: Affine | None = TRANSFORM,
     nodata: float | None = None,
     colorinterp: list[ColorInterp] | None = None,
     **options: object,
@@ -46,7 +46,9 @@ def _write_tif(
         **options,
     }
     if crs is not None:
-        profile.update(crs=crs, transform=transform)
+        profile.update(crs=crs)
+    if transform is not None:
+        profile.update(transform=transform)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
         with rasterio.open(path, "w", **profile) as dst:
@@ -391,7 +393,7 @@ def test_png_without_crs_warns_identity(tmp_path, rng):
 
     with warnings.catch_warnings():
         warnings.simplefilter("error", rasterio.errors.NotGeoreferencedWarning)
-        with pytest.warns(NoGeoreferenceWarning, match="no CRS"):
+        with pytest.warns(NoGeoreferenceWarning, match="no CRS: outputs use pixel coordinates"):
             source = open_raster(path)
         image, _ = source.read_window(0, 8, 0, 8)
 
@@ -402,13 +404,14 @@ def test_png_without_crs_warns_identity(tmp_path, rng):
     assert np.allclose(image, raw[:, :8, :8] / 255.0)
 
 
-def test_tiff_without_crs_warns(tmp_path, rng):
+def test_tiff_without_crs_keeps_transform_and_warns(tmp_path, rng):
     path = _write_tif(tmp_path / "plain.tif", _rgb(rng), crs=None)
 
-    with pytest.warns(NoGeoreferenceWarning):
+    with pytest.warns(NoGeoreferenceWarning, match="outputs use its transform without a CRS"):
         source = open_raster(path)
 
-    assert source.transform == Affine.identity()
+    assert source.transform == TRANSFORM
+    assert not source.georeferenced
     assert source.to_dict()["crs_wkt"] is None
 
 

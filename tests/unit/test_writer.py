@@ -87,11 +87,14 @@ def test_write_label_raster_crs_as_wkt_string(tmp_path, rng):
         assert src.crs.to_wkt() == CRS.from_wkt(LOCAL_WKT).to_wkt()
 
 
-def test_write_label_raster_without_crs_identity(tmp_path, rng):
+def test_write_label_raster_without_crs_keeps_transform(tmp_path, rng):
     path = write_label_raster(_labels(rng, (40, 30)), tmp_path / "labels.tif", crs=None, transform=NON_SQUARE)
+    plain = write_label_raster(_labels(rng, (40, 30)), tmp_path / "plain.tif", crs=None, transform=None)
 
     with _open_quietly(path) as src:
         assert src.crs is None
+        assert src.transform == NON_SQUARE
+    with _open_quietly(plain) as src:
         assert src.transform == Affine.identity()
 
 

@@ -59,7 +59,7 @@ def run_batch(
         except (TreeSegError, OSError) as error:
             # The summary at the end prints the error, so the log keeps it at debug level.
             logger.debug("failed on %s: %s", path, error)
-            rows.append((str(path), "failed", str(error)))
+            rows.append((str(path), "failed", flag_names(str(error))))
             continue
         profile = run.profile.to_dict()
         k_text = _k_text(run.model.k, run.clusters_used)

@@ -304,8 +304,8 @@ def _dataset(
         record = head_refine_metadata(refinement, config)
         dataset.attrs.update({key: record[key] for key in ("tau", "iterations_run", "m_steps", "converged", "fell_back")})
     if source.georeferenced:
-        dataset = dataset.rio.write_crs(source.crs).rio.write_transform(source.transform)
-    return dataset
+        dataset = dataset.rio.write_crs(source.crs)
+    return dataset.rio.write_transform(source.transform)
 
 
 def _cell_pixel_ranges(

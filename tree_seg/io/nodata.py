@@ -507,6 +507,19 @@ def _white_value(dtype: np.dtype, sample: np.ndarray) -> float | None:
     return 1.0 if in_unit_range else None
 
 
+def _check_value_in_range(value: float, tolerance: float, dtype: np.dtype) -> None:
+    # A value that no pixel of an integer dtype can take within the
+    # tolerance would mask nothing, and it replaces the file's own tag.
+    if not np.issubdtype(dtype, np.integer):
+        return
+    info = np.iinfo(dtype)
+    if value + tolerance < info.min or value - tolerance > info.max:
+        raise InvalidInputError(
+            f"invalid nodata={value:g}: {dtype} pixels lie in {info.min}..{info.max}, so it would mask nothing; "
+            "pass a value in that range, or auto"
+        )
+
+
 def choose_nodata_rule(
     config: ReadConfig,
     *,
@@ -547,6 +560,7 @@ def choose_nodata_rule(
         return NodataRule("none")
 
     if not isinstance(config.nodata, str):
+        _check_value_in_range(float(config.nodata), config.nodata_tolerance, sample.dtype)
         return NodataRule("value", value=float(config.nodata), tolerance=config.nodata_tolerance,
                           buffer=config.collar_buffer, alpha_band=alpha_band)
 

@@ -68,7 +68,8 @@ class RasterSource:
     crs : rasterio.crs.CRS or None
         ``None`` when the input has no CRS.
     transform : affine.Affine
-        Pixel-to-CRS transform; the identity when ``georeferenced`` is False.
+        Pixel-to-CRS transform, also without a CRS; the identity for a file
+        without a geotransform.
     height, width : int
         Raster size in pixels.
     dtype : numpy.dtype
@@ -401,7 +402,8 @@ def _open_file(path: Path, config: ReadConfig, chunks: int | dict | None) -> Ras
             dtype = np.dtype(dtypes.pop())
             tag = _file_tag(src, band_indices)
             crs = src.crs
-            transform = src.transform if crs is not None else affine.Affine.identity()
+            # A file without a geotransform reads as the identity.
+            transform = src.transform
             border = _read_border(src, band_indices)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", NotGeoreferencedWarning)
@@ -442,7 +444,7 @@ def _open_array(array: xr.DataArray, config: ReadConfig, chunks: int | dict | No
     dtype = np.dtype(array.dtype)
 
     crs = array.rio.crs
-    transform = array.rio.transform() if crs is not None else affine.Affine.identity()
+    transform = array.rio.transform()
     tag = array.rio.nodata if array.rio.nodata is not None else array.rio.encoded_nodata
     tag = None if tag is None else float(tag)
 
@@ -574,11 +576,10 @@ def open_raster(
         )
 
     if not raster.georeferenced:
-        warnings.warn(
-            f"{raster.path or 'the array'} has no CRS: outputs use pixel coordinates and an identity transform",
-            NoGeoreferenceWarning,
-            stacklevel=2,
-        )
+        placement = ("pixel coordinates and an identity transform" if raster.transform == affine.Affine.identity()
+                     else "its transform without a CRS")
+        warnings.warn(f"{raster.path or 'the array'} has no CRS: outputs use {placement}", NoGeoreferenceWarning,
+                      stacklevel=2)
 
     rule = raster.nodata_rule
     fringe = f", fringe tolerance {rule.fringe_tolerance:g} within {rule.fringe_width} px" if rule.fringe_width else ""

@@ -149,7 +149,7 @@ class LabelRasterWriter:
     crs : rasterio.crs.CRS, str or None
         The input's CRS, written unchanged; ``None`` writes no CRS.
     transform : affine.Affine or None
-        Pixel-to-CRS transform; ignored (identity) when ``crs`` is ``None``.
+        Pixel-to-CRS transform, kept without a CRS too; None writes the identity.
     nodata : int, default=255
         Nodata value of the labels, in 0..255.
     overviews : bool, default=True
@@ -184,7 +184,7 @@ class LabelRasterWriter:
         self.height = int(height)
         self.width = int(width)
         self.crs = _check_crs(crs)
-        self.transform = transform if (self.crs is not None and transform is not None) else affine.Affine.identity()
+        self.transform = transform if transform is not None else affine.Affine.identity()
         self.nodata = int(nodata)
         self.overviews = overviews
         self._temporary: Path | None = None
@@ -206,6 +206,7 @@ class LabelRasterWriter:
         }
         if self.crs is not None:
             profile["crs"] = self.crs
+        if self.transform != affine.Affine.identity():
             profile["transform"] = self.transform
         return profile
 
@@ -320,10 +321,10 @@ def write_label_raster(
     path : str or Path
         Destination file; its folder must exist.
     crs : rasterio.crs.CRS, str or None
-        The input's CRS, written unchanged; ``None`` writes no CRS and an
-        identity transform.
+        The input's CRS, written unchanged; ``None`` writes no CRS.
     transform : affine.Affine or None
-        The input's pixel-to-CRS transform, non-square pixels included.
+        The input's pixel-to-CRS transform, non-square pixels included; None
+        writes the identity.
     nodata : int, default=255
         Nodata value, in 0..255.
     overviews : bool, default=True
