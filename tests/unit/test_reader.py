@@ -415,6 +415,22 @@ def test_tiff_without_crs_keeps_transform_and_warns(tmp_path, rng):
     assert source.to_dict()["crs_wkt"] is None
 
 
+def test_truncated_file_error_shows_gdal_message(tmp_path, rng):
+    full = _write_tif(tmp_path / "full.tif", _rgb(rng, (256, 256)))
+    truncated = tmp_path / "truncated.tif"
+    data = full.read_bytes()
+    truncated.write_bytes(data[: len(data) // 2])
+
+    with pytest.raises(InvalidInputError) as caught:
+        open_raster(truncated).read_window(0, 256, 0, 256)
+
+    message = str(caught.value)
+    assert message.startswith(f"failed to read raster {truncated}: ")
+    assert "TIFFRead" in message
+    assert "previous exception" not in message
+    assert message.endswith("the file may be truncated or damaged (gdalinfo -checksum reads every block)")
+
+
 def test_missing_file_error_names_path(tmp_path):
     with pytest.raises(InvalidInputError, match="missing.tif not found"):
         open_raster(tmp_path / "missing.tif")

@@ -243,17 +243,34 @@ def _check_sample_valid(valid: np.ndarray, path: Path | None, rule: NodataRule) 
 
 @contextlib.contextmanager
 def _open_dataset(path: Path, *, georeferenced: bool = False) -> Iterator[rasterio.DatasetReader]:
-    """Open a file with rasterio, silencing the NotGeoreferencedWarning that NoGeoreferenceWarning replaces."""
-    if georeferenced:
-        # catch_warnings swaps process-wide filters and is not thread-safe, so
-        # files that cannot raise the warning skip it.
-        with rasterio.open(path) as src:
-            yield src
-        return
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        with rasterio.open(path) as src:
-            yield src
+    """Open a file with rasterio, silencing the NotGeoreferencedWarning that NoGeoreferenceWarning replaces.
+
+    A read error in the block becomes an InvalidInputError with GDAL's own message.
+    """
+    try:
+        if georeferenced:
+            # catch_warnings swaps process-wide filters and is not thread-safe,
+            # so files that cannot raise the warning skip it.
+            with rasterio.open(path) as src:
+                yield src
+            return
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.open(path) as src:
+                yield src
+    except RasterioIOError as error:
+        raise _read_error(path, error) from error
+
+
+def _read_error(path: Path | str, error: RasterioIOError) -> InvalidInputError:
+    # rasterio's "Read failed. See previous exception for details." keeps
+    # GDAL's message in the chained exceptions, which the CLI does not print.
+    message = str(error)
+    cause = error.__cause__
+    while "previous exception" in message and cause is not None:
+        message, cause = str(cause), cause.__cause__
+    return InvalidInputError(f"failed to read raster {path}: {message.rstrip('.')}; the file may be truncated or "
+                             "damaged (gdalinfo -checksum reads every block)")
 
 
 def _decimation(height: int, width: int, max_side: int) -> int:
@@ -409,7 +426,7 @@ def _open_file(path: Path, config: ReadConfig, chunks: int | dict | None) -> Ras
                 warnings.simplefilter("ignore", NotGeoreferencedWarning)
                 full = rioxarray.open_rasterio(path, chunks=_chunk_spec(chunks), masked=False)
     except RasterioIOError as error:
-        raise InvalidInputError(f"failed to read raster {path}: {error}") from error
+        raise _read_error(path, error) from error
     if not isinstance(full, xr.DataArray):
         raise InvalidInputError(f"rioxarray opens {path} as a {type(full).__name__}, not one DataArray of bands: "
                                 "pass a file with a single raster, such as a GeoTIFF")
