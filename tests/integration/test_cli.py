@@ -544,6 +544,20 @@ def test_cli_profiles_lists_settings_as_key_value():
     assert result.exit_code == 0
     assert "[quick]" in result.output
     assert "  head_refine: iterations=1, blend=guided" in result.output
+    assert "  window: window=448 px, overlap=112 px, scale=auto, target_resolution=0.2 m" in result.output
+
+
+def test_cli_profiles_reads_profiles_file(tmp_path):
+    presets = tmp_path / "presets.toml"
+    presets.write_text("[small]\nwindow = { window = 224, overlap = 56 }\n")
+
+    listed = _invoke("profiles", "--profiles-file", str(presets))
+    missing = _invoke("profiles", "--profiles-file", str(tmp_path / "absent.toml"))
+
+    assert listed.exit_code == 0
+    assert listed.output == "[small]\n  window: window=224 px, overlap=56 px\n"
+    assert missing.exit_code == 2
+    assert "absent.toml not found: check the path" in missing.output
 
 
 def test_cli_failed_run_leaves_no_empty_folder(tmp_path):

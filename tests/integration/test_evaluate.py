@@ -79,7 +79,14 @@ def test_sweep_reuses_features_for_each_pair(shared_data, tmp_path):
         "--taus", "auto,0.1", "--alphas", "0,1", "--backbone", "texture", "--k", "5", "-q",
     ])
     assert result.exit_code == 0, result.output
-    rows = json.loads((out / "sweep.json").read_text())["rows"]
+    record = json.loads((out / "sweep.json").read_text())
+    rows = record["rows"]
     assert [(row["tau"], row["alpha"]) for row in rows] == [("auto", 0.0), ("auto", 1.0), (0.1, 0.0), (0.1, 1.0)]
     assert all(0.0 < row["miou_many_to_one"] <= 1.0 for row in rows)
     assert rows[2]["tau_used"] == 0.1
+    # One E-step runs no M-step, so convergence does not apply.
+    assert all(row["converged"] is None for row in rows)
+    assert record["kmeans"]["k"] == 5
+    assert 0.0 < record["kmeans"]["miou_many_to_one"] <= 1.0
+    baseline = f"{record['kmeans']['miou_many_to_one']:.3f}"
+    assert any(line.split()[0] == "kmeans" and baseline in line for line in result.output.splitlines() if line.strip())

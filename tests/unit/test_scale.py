@@ -29,8 +29,8 @@ def test_pixel_size_in_utm_is_close_to_map_metres():
 
 def test_pixel_size_in_mercator_counts_ground_metres():
     # A Mercator metre covers cos(phi) / sqrt(1 - e^2 sin^2 phi) metres of
-    # ground on the ellipsoid, 0.66 near 48.7 degrees north (the bundled
-    # OAM-TCD tile).
+    # ground on the ellipsoid, 0.66 near 48.5 degrees north (the OAM-TCD tile
+    # tcd_00004).
     mercator = CRS.from_epsg(3395)
     transform = Affine(0.1, 0, 1009956.8, 0, -0.1, 6161233.2)
     _, latitude = pyproj.Transformer.from_crs(3395, 4326, always_xy=True).transform(1010059.2, 6161130.8)

@@ -134,7 +134,8 @@ def _config_from_options(
     k_min, k_max = parse_k_range(o["k_range"]) if o.get("k_range") else (None, None)
     threshold = o.get("elbow_threshold")
     if threshold is not None and not 0.0 < threshold < 100.0:
-        raise typer.BadParameter(f"invalid --elbow-threshold {threshold:g}: give a percentage between 0 and 100, e.g. 5")
+        raise typer.BadParameter(f"invalid --elbow-threshold {threshold:g}: give a percentage above 0 and below 100, "
+                                 "e.g. 5")
     if threshold is not None and threshold < 1.0:
         # The metadata stores the threshold as a fraction (0.05 for 5%), so a
         # value copied from it would be 100 times too small here.
@@ -444,7 +445,10 @@ def sweep(
     verbose: p.VerboseOption = 0,
     quiet: p.QuietOption = False,
 ) -> None:
-    """Run V2 for every (tau, alpha) pair on features extracted once."""
+    """Run V2 for every (tau, alpha) pair on features extracted once.
+
+    The first row is V1.5 (kmeans) on the same features and K-means fit.
+    """
     from tree_seg.evaluation.sweep import sweep_head_refine
 
     _setup_logging(verbose, quiet)
@@ -454,29 +458,51 @@ def sweep(
                                   options=_shared_options(locals()))
     with output_folder(outdir):
         try:
-            rows = sweep_head_refine(source, outdir, config, taus=tau_values, alphas=alpha_values, mask_path=mask)
+            result = sweep_head_refine(source, outdir, config, taus=tau_values, alphas=alpha_values, mask_path=mask)
         except TreeSegError as error:
             echo_error(error)
             raise typer.Exit(code=1) from None
 
+    kmeans = result.kmeans
     typer.echo(f"\n{'tau':>8}{'tau used':>10}{'alpha':>7}{'clusters':>10}{'iters':>7}{'mIoU':>8}{'bound. F':>10}")
-    for row in rows:
+    typer.echo(f"{'kmeans':>8}{'-':>10}{'-':>7}{kmeans['clusters_used']:>10}{'-':>7}"
+               f"{_format_score(kmeans['miou_many_to_one']):>8}{_format_score(kmeans['boundary_f']):>10}")
+    for row in result.rows:
         typer.echo(
             f"{row['tau']!s:>8}{row['tau_used']:>10.4f}{row['alpha']:>7.2f}{row['clusters_used']:>10}"
             f"{row['iterations_run']:>7}{_format_score(row['miou_many_to_one']):>8}{_format_score(row['boundary_f']):>10}"
         )
+    if mask is None:
+        typer.echo("\nno --mask: scores are n/a; pass a ground-truth mask to compare the settings")
     typer.echo(f"\nwrote {outdir / 'sweep.csv'}")
 
 
+# Units of the profile fields that have one, as in docs/profiles.md.
+_PROFILE_UNITS = {"window": "px", "overlap": "px", "target_resolution": "m", "collar_buffer": "px", "slic_size": "px",
+                  "chunk_size": "px", "guided_radius": "cells", "guide_stride": "px"}
+
+
 @app.command()
-def profiles() -> None:
-    """List the presets of --profile and their settings."""
+def profiles(profiles_file: p.ProfilesFileOption = None) -> None:
+    """List the presets of --profile and their settings.
+
+    Window, overlap and guide_stride are in pixels of the resampled image,
+    slic_size, collar_buffer and chunk_size in input pixels, and
+    target_resolution in ground metres; elbow_threshold is a fraction.
+    """
     from tree_seg.config import load_profile
 
-    for name in profile_names():
+    try:
+        names = profile_names(profiles_file)
+    except ConfigurationError as error:
+        raise typer.BadParameter(str(error)) from None
+    for name in names:
         typer.echo(f"[{name}]")
-        for section, values in load_profile(name).items():
-            settings = ", ".join(f"{key}={value}" for key, value in values.items())
+        for section, values in load_profile(name, profiles_file).items():
+            settings = ", ".join(
+                f"{key}={value}" + (f" {_PROFILE_UNITS[key]}" if key in _PROFILE_UNITS else "")
+                for key, value in values.items()
+            )
             typer.echo(f"  {section}: {settings}")
 
 

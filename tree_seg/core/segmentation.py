@@ -159,8 +159,8 @@ def extract_features(
         features = cast(np.ndarray, flat.reshape(features.shape))
 
     logger.info(
-        "features: %d x %d patches of %d values, %d valid",
-        features.shape[0], features.shape[1], features.shape[2], int(valid.sum()),
+        "features: %d x %d patches (width x height) of %d values, %d valid",
+        features.shape[1], features.shape[0], features.shape[2], int(valid.sum()),
     )
     return FeatureGrid(
         features=features,

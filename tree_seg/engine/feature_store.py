@@ -300,8 +300,8 @@ class FeatureStore(ZarrArrays):
             }
             group = zarr.open_group(path, mode="w-", attributes=attrs, zarr_format=3)
             store = cls(path, cast("tuple[int, int]", tuple(patch_shape)), int(feature_dim), int(chunk_side))
-            logger.info("Created feature store %s: %d x %d patches of %d values in chunks of %d patches",
-                        path, patch_shape[0], patch_shape[1], feature_dim, chunk_side)
+            logger.info("Created feature store %s: %d x %d patches (width x height) of %d values in chunks of %d "
+                        "patches", path, patch_shape[1], patch_shape[0], feature_dim, chunk_side)
         store._ensure_arrays(group, settings["feature_dtype"], crs_wkt, transform)
         return store
 

@@ -68,7 +68,8 @@ class LabelStore(ZarrArrays):
                                     fill_value=NODATA_LABEL, dimension_names=["y", "x"])
         labels.attrs.update({"grid_mapping": "spatial_ref", "_FillValue": NODATA_LABEL, "long_name": "cluster label"})
         write_georeference(group, crs_wkt=crs_wkt, transform=transform, shape=shape)
-        logger.info("Created label store %s: %d x %d pixels in chunks of %d", path, shape[0], shape[1], chunk_size)
+        logger.info("Created label store %s: %d x %d pixels (width x height) in chunks of %d", path, shape[1], shape[0],
+                    chunk_size)
         return cls(path, cast("tuple[int, int]", tuple(shape)), int(chunk_size))
 
     def write_labels(self, block: Block, labels: np.ndarray) -> None:

@@ -355,8 +355,9 @@ def _segment(executor: Executor, source_path: Path, outdir: Path, config: Segmen
         store, feature_context, info = _open_feature_store(executor, source, config, store_path, feature_dtype)
     geometry = feature_context.geometry
     n_chunks = len(store.blocks())
-    logger.info("Engine run on %s: %d x %d pixels, %d x %d patches in %d chunk%s of %d patches, label chunks of %d px",
-                source_path, *geometry.input_shape, *geometry.patch_shape, n_chunks, "" if n_chunks == 1 else "s",
+    logger.info("Engine run on %s: %d x %d pixels, %d x %d patches (width x height) in %d chunk%s of %d patches, "
+                "label chunks of %d px", source_path, geometry.input_shape[1], geometry.input_shape[0],
+                geometry.patch_shape[1], geometry.patch_shape[0], n_chunks, "" if n_chunks == 1 else "s",
                 store.chunk_side, config.engine.chunk_size)
 
     with timer.stage("features"):

@@ -1,7 +1,8 @@
 """Sweep V2 head-refinement settings over one raster, reusing its features.
 
 Features are extracted and K-means is fitted once; each (tau, alpha) pair then
-runs only the refinement and the label stage.
+runs only the refinement and the label stage, and the K-means labels of the
+same fit give the V1.5 baseline.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import itertools
 import logging
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +28,30 @@ from tree_seg.io.reader import open_raster
 from tree_seg.io.writer import write_json_atomic
 from tree_seg.models.base import Backbone
 
-__all__ = ["sweep_head_refine"]
+__all__ = ["SweepResult", "sweep_head_refine"]
 
 logger = logging.getLogger(__name__)
 
 _COLUMNS = ("tau", "tau_used", "alpha", "k", "clusters_used", "iterations_run", "converged", "fell_back",
             "seconds", "miou_many_to_one", "boundary_f")
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    """Output of :func:`sweep_head_refine`.
+
+    Attributes
+    ----------
+    rows : list of dict
+        One row per (tau, alpha) pair with the columns of ``sweep.csv``.
+    kmeans : dict
+        The V1.5 baseline on the same features and K-means fit: ``k``,
+        ``clusters_used``, ``seconds``, ``miou_many_to_one`` and
+        ``boundary_f`` (None without a mask).
+    """
+
+    rows: list[dict[str, Any]]
+    kmeans: dict[str, Any]
 
 
 def sweep_head_refine(
@@ -43,7 +63,7 @@ def sweep_head_refine(
     alphas: Sequence[float],
     mask_path: str | Path | None = None,
     backbone: Backbone | None = None,
-) -> list[dict[str, Any]]:
+) -> SweepResult:
     """Run the V2 refinement for every (tau, alpha) pair on shared features.
 
     Parameters
@@ -66,8 +86,9 @@ def sweep_head_refine(
 
     Returns
     -------
-    list of dict
-        One row per pair with the columns of ``sweep.csv``; times in seconds.
+    SweepResult
+        One row per pair, and the K-means baseline; times in seconds.
+        ``converged`` is None in rows that ran no M-step.
     """
     base = config.with_updates({"method": "head-refine"})
     source = open_raster(source_path, base.read)
@@ -78,6 +99,19 @@ def sweep_head_refine(
         pair = Pair(stem=source.stem, image_path=Path(source_path), mask_path=Path(mask_path))
         truth = read_mask(pair, image_shape=(source.height, source.width), image_crs=source.crs,
                           image_transform=source.transform)
+
+    def scores(labels: np.ndarray) -> dict[str, float | None]:
+        if truth is None:
+            return {"miou_many_to_one": None, "boundary_f": None}
+        image_scores = score_image(labels, truth)
+        return {"miou_many_to_one": image_scores.miou_many_to_one, "boundary_f": image_scores.boundary_f}
+
+    profile = RunProfile()
+    baseline = run_segmentation(source, base.with_updates({"method": "kmeans"}), grid=grid, model=model,
+                                profile=profile)
+    kmeans = {"k": model.k, "clusters_used": baseline.clusters_used, "seconds": round(profile.total_seconds, 3),
+              **scores(baseline.labels)}
+    logger.info("kmeans baseline: %s", kmeans)
 
     rows: list[dict[str, Any]] = []
     for tau, alpha in itertools.product(taus, alphas):
@@ -93,16 +127,11 @@ def sweep_head_refine(
             "k": model.k,
             "clusters_used": int(np.unique(run.labels[run.labels != NODATA_LABEL]).size),
             "iterations_run": int(refinement.iterations_run),
-            "converged": bool(refinement.converged),
+            "converged": bool(refinement.converged) if refinement.iterations_run > 1 else None,
             "fell_back": bool(refinement.fell_back),
             "seconds": round(profile.total_seconds, 3),
-            "miou_many_to_one": None,
-            "boundary_f": None,
+            **scores(run.labels),
         }
-        if truth is not None:
-            scores = score_image(run.labels, truth)
-            row["miou_many_to_one"] = scores.miou_many_to_one
-            row["boundary_f"] = scores.boundary_f
         logger.info("tau=%s alpha=%s: %s", tau, alpha, row)
         rows.append(row)
 
@@ -114,6 +143,6 @@ def sweep_head_refine(
         writer.writeheader()
         writer.writerows(rows)
     os.replace(temporary, outdir / "sweep.csv")
-    write_json_atomic({"source": str(source_path), "k": model.k, "rows": rows,
+    write_json_atomic({"source": str(source_path), "k": model.k, "kmeans": kmeans, "rows": rows,
                        "configuration": base.to_dict()}, outdir / "sweep.json")
-    return rows
+    return SweepResult(rows=rows, kmeans=kmeans)

@@ -601,8 +601,8 @@ def open_raster(
     rule = raster.nodata_rule
     fringe = f", fringe tolerance {rule.fringe_tolerance:g} within {rule.fringe_width} px" if rule.fringe_width else ""
     logger.info(
-        "Opened %s: %d x %d pixels, %s, bands %s, nodata rule %s (value=%s, tolerance=%s%s, buffer=%d)",
-        raster.path or "array", raster.height, raster.width, raster.dtype, raster.band_indices,
+        "Opened %s: %d x %d pixels (width x height), %s, bands %s, nodata rule %s (value=%s, tolerance=%s%s, "
+        "buffer=%d)", raster.path or "array", raster.width, raster.height, raster.dtype, raster.band_indices,
         rule.kind, rule.value, rule.tolerance, fringe, rule.buffer,
     )
     return raster

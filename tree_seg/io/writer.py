@@ -275,7 +275,8 @@ class LabelRasterWriter:
             # A sidecar left by an earlier output would override this file's CRS.
             final_sidecar.unlink()
         os.replace(self._temporary, self.path)
-        logger.info("Wrote %s: %d x %d labels, overview factors %s", self.path, self.height, self.width, factors)
+        logger.info("Wrote %s: %d x %d labels (width x height), overview factors %s", self.path, self.width, self.height,
+                    factors)
 
     def _abort(self) -> None:
         if self._dataset is not None:
