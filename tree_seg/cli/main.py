@@ -486,9 +486,9 @@ _PROFILE_UNITS = {"window": "px", "overlap": "px", "target_resolution": "m", "co
 def profiles(profiles_file: p.ProfilesFileOption = None) -> None:
     """List the presets of --profile and their settings.
 
-    Window, overlap and guide_stride are in pixels of the resampled image,
-    slic_size, collar_buffer and chunk_size in input pixels, and
-    target_resolution in ground metres; elbow_threshold is a fraction.
+    Window, overlap and guide_stride are in pixels of the resampled image.
+    slic_size, collar_buffer and chunk_size are in input pixels,
+    target_resolution in ground metres, and elbow_threshold is a fraction.
     """
     from tree_seg.config import load_profile
 
