@@ -8,7 +8,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from tree_seg.core.labels import NODATA_LABEL
-from tree_seg.visualization.plots import _decimate, _rgb, _save, boundary_mask, label_colors
+from tree_seg.visualization.plots import _as_uint8, _decimate, _rgb, _save, boundary_mask, label_colors
 
 __all__ = ["plot_comparison"]
 
@@ -68,7 +68,7 @@ def plot_comparison(
     for axis in axes.ravel():
         axis.set_axis_off()
     for axis, (name, picture) in zip(axes.ravel(), panels, strict=False):
-        axis.imshow(picture, interpolation="nearest")
+        axis.imshow(_as_uint8(picture), interpolation="nearest")
         axis.set_title(name)
     figure.suptitle(title)
     return _save(figure, path)
