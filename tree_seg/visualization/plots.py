@@ -54,7 +54,7 @@ def _decimate(array: np.ndarray) -> np.ndarray:
 
 
 def _as_uint8(rgb: np.ndarray) -> np.ndarray:
-    """Return a float RGB image in [0, 1] as uint8, which matplotlib resamples several times faster."""
+    """Return a float RGB image in [0, 1] as uint8, which matplotlib resamples faster than float64."""
     return np.round(np.clip(rgb, 0.0, 1.0) * 255).astype(np.uint8)
 
 
