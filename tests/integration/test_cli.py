@@ -411,6 +411,19 @@ def test_console_script_runs_main():
     assert script.value == "tree_seg.cli.main:main"
 
 
+def test_python_dash_m_runs_command_line():
+    import subprocess
+    import sys
+
+    from tree_seg import __version__
+
+    completed = subprocess.run([sys.executable, "-m", "tree_seg", "--version"], capture_output=True, text=True,
+                               timeout=120)
+
+    assert completed.returncode == 0
+    assert completed.stdout.strip() == f"tree-seg {__version__}"
+
+
 def test_cli_sigterm_leaves_no_temporary_files(tmp_path):
     import signal
     import subprocess
