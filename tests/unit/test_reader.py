@@ -495,6 +495,19 @@ def test_dataarray_2d_repeated_and_unreferenced(rng):
     assert np.allclose(image[2], raw[2:5, 3:7] / 255.0)
 
 
+def test_dataarray_without_crs_keeps_coordinate_transform(rng):
+    raw = _rgb(rng, (20, 30))
+    array = xr.DataArray(raw, dims=("band", "y", "x")).assign_coords(
+        x=400000.25 + 0.5 * np.arange(30), y=5000000.0 - 0.25 - 0.5 * np.arange(20)
+    )
+
+    with pytest.warns(NoGeoreferenceWarning, match="outputs use its transform without a CRS"):
+        source = open_raster(array)
+
+    assert source.crs is None
+    assert source.transform == TRANSFORM
+
+
 def test_dataarray_bad_dims_error(rng):
     array = xr.DataArray(np.zeros((4, 4, 3)), dims=("y", "x", "band"))
 
