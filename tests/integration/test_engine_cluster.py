@@ -68,6 +68,15 @@ def test_local_workers_ignore_terminal_interrupt():
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
+def test_local_workers_keep_cancelled_task_warnings_quiet():
+    import logging
+
+    with open_client(EngineConfig(workers=1), dashboard_address=LOOPBACK_DASHBOARD) as client:
+        levels = client.run(lambda: logging.getLogger("distributed.worker.state_machine").level)
+
+    assert list(levels.values()) == [logging.ERROR]
+
+
 @pytest.mark.parametrize("method", ["kmeans", "head-refine"])
 def test_engine_worker_counts_identical(tile_crop, tmp_path, method):
     config = _config(method, 256)

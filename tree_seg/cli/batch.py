@@ -104,6 +104,9 @@ def run_batch_dask(
         echo_error(error)
         return len(paths)
     except KeyboardInterrupt:
+        # The Dask client's cancelled tasks are collected while the process
+        # exits, and asyncio would log each as an unretrieved exception.
+        logging.getLogger("asyncio").setLevel(logging.CRITICAL)
         typer.echo("\ninterrupted: inputs with a _labels.tif are complete; run the same command again to resume "
                    "the others from their feature stores", err=True)
         raise typer.Exit(code=130) from None

@@ -51,6 +51,7 @@ SPLIT_EVERY = 8
 """Partial results combined per node of a tree reduction."""
 
 _LOG_LEVEL_PLUGIN = "tree_seg-log-level"
+_CANCELLED_TASKS_PLUGIN = "tree_seg-quiet-cancelled-tasks"
 """Name of the worker plugin that sets the workers' ``tree_seg`` log level."""
 
 _TRIM_THRESHOLD_KEY = "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_"
@@ -188,10 +189,27 @@ def open_client(
             f"failed to start the local Dask cluster ({error}): in a Python script, run the engine under "
             "`if __name__ == \"__main__\":`, or pass scheduler='synchronous' to run in this process"
         ) from error
-    with cluster, Client(cluster) as client:
-        logger.info("Dask dashboard: %s", client.dashboard_link)
-        with _debug_logs_forwarded(client):
-            yield client
+    # Closing a local cluster in the middle of a computation makes Dask warn
+    # about each lost task and key. After an interrupt that is expected, so
+    # those warnings are hidden until the cluster is closed.
+    dask_logger = logging.getLogger("distributed")
+    level = dask_logger.level
+    try:
+        with cluster, Client(cluster) as client:
+            logger.info("Dask dashboard: %s", client.dashboard_link)
+            # This logger's only warning reports a task cancelled by an
+            # interrupt or by a failed input, once per task, and the CLI
+            # already reports the cause.
+            client.register_plugin(_LogLevel("distributed.worker.state_machine", logging.ERROR),
+                                   name=_CANCELLED_TASKS_PLUGIN)
+            try:
+                with _debug_logs_forwarded(client):
+                    yield client
+            except KeyboardInterrupt:
+                dask_logger.setLevel(logging.ERROR)
+                raise
+    finally:
+        dask_logger.setLevel(level)
 
 
 class _LogLevel(WorkerPlugin):
