@@ -176,15 +176,25 @@ def test_progress_enabled_follows_logging():
 
 
 def _malloc_settings():
-    return os.environ.get("MALLOC_TRIM_THRESHOLD_"), os.environ.get("OMP_NUM_THREADS")
+    return (os.environ.get("MALLOC_TRIM_THRESHOLD_"), os.environ.get("MALLOC_ARENA_MAX"),
+            os.environ.get("OMP_NUM_THREADS"))
 
 
-def test_open_client_local_workers_keep_glibc_trim_default(monkeypatch):
+def test_open_client_local_workers_glibc_settings(monkeypatch):
     monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
+    monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
     with open_client(EngineConfig(workers=1), dashboard_address="127.0.0.1:0") as client:
         settings = list(client.run(_malloc_settings).values())
 
-    assert settings == [(None, "1")]
+    assert settings == [(None, "2", "1")]
+
+
+def test_open_client_keeps_arena_max_from_environment(monkeypatch):
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
+    with open_client(EngineConfig(workers=1), dashboard_address="127.0.0.1:0") as client:
+        settings = list(client.run(_malloc_settings).values())
+
+    assert settings[0][1] == "4"
 
 
 def test_open_client_forwards_worker_debug_records(caplog):
