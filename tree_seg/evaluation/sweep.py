@@ -19,9 +19,7 @@ from typing import Any
 import numpy as np
 
 from tree_seg.config import SegmentationConfig
-from tree_seg.core.labels import NODATA_LABEL
-from tree_seg.core.profiling import RunProfile
-from tree_seg.core.segmentation import extract_features, fit_clusters, run_segmentation
+from tree_seg.core.segmentation import extract_features, fit_clusters, head_refine_metadata, run_segmentation
 from tree_seg.evaluation.dataset import Pair, read_mask
 from tree_seg.evaluation.metrics import score_image
 from tree_seg.io.reader import open_raster
@@ -106,30 +104,27 @@ def sweep_head_refine(
         image_scores = score_image(labels, truth)
         return {"miou_many_to_one": image_scores.miou_many_to_one, "boundary_f": image_scores.boundary_f}
 
-    profile = RunProfile()
-    baseline = run_segmentation(source, base.with_updates({"method": "kmeans"}), grid=grid, model=model,
-                                profile=profile)
-    kmeans = {"k": model.k, "clusters_used": baseline.clusters_used, "seconds": round(profile.total_seconds, 3),
-              **scores(baseline.labels)}
+    baseline = run_segmentation(source, base.with_updates({"method": "kmeans"}), grid=grid, model=model)
+    kmeans = {"k": model.k, "clusters_used": baseline.clusters_used,
+              "seconds": round(baseline.profile.total_seconds, 3), **scores(baseline.labels)}
     logger.info("kmeans baseline: %s", kmeans)
 
     rows: list[dict[str, Any]] = []
     for tau, alpha in itertools.product(taus, alphas):
         settings = base.with_updates({"head_refine": {"tau": tau, "alpha": alpha}})
-        profile = RunProfile()
-        run = run_segmentation(source, settings, grid=grid, model=model, profile=profile)
-        refinement = run.refinement
-        assert refinement is not None
+        run = run_segmentation(source, settings, grid=grid, model=model)
+        assert run.refinement is not None
+        record = head_refine_metadata(run.refinement, settings)
         row: dict[str, Any] = {
             "tau": tau,
-            "tau_used": float(refinement.tau),
+            "tau_used": record["tau"],
             "alpha": alpha,
             "k": model.k,
-            "clusters_used": int(np.unique(run.labels[run.labels != NODATA_LABEL]).size),
-            "iterations_run": int(refinement.iterations_run),
-            "converged": bool(refinement.converged) if refinement.iterations_run > 1 else None,
-            "fell_back": bool(refinement.fell_back),
-            "seconds": round(profile.total_seconds, 3),
+            "clusters_used": run.clusters_used,
+            "iterations_run": record["iterations_run"],
+            "converged": record["converged"],
+            "fell_back": record["fell_back"],
+            "seconds": round(run.profile.total_seconds, 3),
             **scores(run.labels),
         }
         logger.info("tau=%s alpha=%s: %s", tau, alpha, row)
