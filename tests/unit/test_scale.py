@@ -20,7 +20,7 @@ UTM = CRS.from_epsg(32633)
 UTM_TRANSFORM = Affine(0.1, 0, 500000, 0, -0.1, 6000000)
 
 
-def test_pixel_size_in_utm_is_close_to_map_metres():
+def test_pixel_size_utm_near_map_metres():
     # UTM's scale on the central meridian is 0.9996.
     assert pixel_size_m(UTM, UTM_TRANSFORM) == pytest.approx(0.1 / 0.9996, rel=1e-5)
     assert pixel_size_m(UTM, Affine(0.1, 0, 500000, 0, -0.4, 6000000)) == pytest.approx(0.2 / 0.9996, rel=1e-5)

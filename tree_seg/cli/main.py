@@ -91,23 +91,23 @@ def _check_unused_options(config: SegmentationConfig, options: dict[str, Any]) -
     """Reject options that the resolved configuration would ignore."""
     if config.cluster.k is not None:
         source = "--k" if options.get("k") is not None else "the profile's fixed k"
-        _reject_given(options, ("k_range", "elbow_threshold"),
+        _reject_unused(options, ("k_range", "elbow_threshold"),
                       f"when the elbow rule chooses K, and {source} fixes it: drop one of them")
     if options.get("target_resolution") is not None and config.window.scale != "auto":
         raise typer.BadParameter(f"--target-resolution only applies with --scale auto, not --scale "
                                  f"{config.window.scale:g}: drop one of them")
     if config.read.nodata == "none":
-        _reject_given(options, ("nodata_tolerance", "collar_buffer"),
+        _reject_unused(options, ("nodata_tolerance", "collar_buffer"),
                       "to a nodata value, and --nodata none masks nothing: drop them or give --nodata a value")
 
 
-def _reject_given(options: dict[str, Any], names: tuple[str, ...], condition: str) -> None:
-    # Raises "--a and --b only apply <condition>" for the options among names
-    # that the user gave.
-    given = [_flag(name) for name in names if options.get(name) is not None]
-    if given:
-        verb = "applies" if len(given) == 1 else "apply"
-        raise typer.BadParameter(f"{' and '.join(given)} only {verb} {condition}")
+def _reject_unused(options: dict[str, Any], names: tuple[str, ...], condition: str) -> None:
+    # Raises "--a and --b only apply <condition>" for those of names that the
+    # user passed.
+    passed = [_flag(name) for name in names if options.get(name) is not None]
+    if passed:
+        verb = "applies" if len(passed) == 1 else "apply"
+        raise typer.BadParameter(f"{' and '.join(passed)} only {verb} {condition}")
 
 
 def _flag(name: str) -> str:

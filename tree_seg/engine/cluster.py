@@ -206,8 +206,8 @@ def open_client(
             "`if __name__ == \"__main__\":`, or pass scheduler='synchronous' to run in this process"
         ) from error
     # Closing a local cluster in the middle of a computation makes Dask warn
-    # about each lost task and key. After an interrupt that is expected, so
-    # those warnings are hidden until the cluster is closed.
+    # about each lost task and key. After an interrupt these warnings are
+    # expected, so they are hidden until the cluster is closed.
     dask_logger = logging.getLogger("distributed")
     level = dask_logger.level
     try:
