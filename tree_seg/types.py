@@ -14,6 +14,9 @@ Refinement = Literal["none", "slic"]
 Blend = Literal["neighbour", "guided"]
 """Spatial blend of the V2 head refinement."""
 
+FeatureDtype = Literal["float16", "float32"]
+"""dtype of the Dask engine's feature store."""
+
 Device = Literal["auto", "cpu", "cuda"]
 """Device of the backbone; ``"auto"`` picks CUDA when available."""
 

@@ -195,6 +195,33 @@ def test_cli_dask_engine_synchronous_matches_memory(tmp_path):
 
 
 
+def test_cli_feature_dtype_float32_reproduces_memory_engine(tmp_path):
+    source = _write_crop(tmp_path / "crop.tif")
+    common = ["--backbone", "texture", "--scale", "1", "--k-range", "2:8", "--elbow-threshold", "10", "--no-pictures", "--no-progress"]
+    memory = _invoke("segment", str(source), "-o", str(tmp_path / "memory"), "--engine", "memory", *common)
+    dask = _invoke("segment", str(source), "-o", str(tmp_path / "dask"), "--scheduler", "synchronous",
+                   "--chunk-size", "128", "--feature-dtype", "float32", *common)
+
+    assert memory.exit_code == 0, memory.output
+    assert dask.exit_code == 0, dask.output
+    records = [json.loads((tmp_path / name / "crop_head-refine_metadata.json").read_text())
+               for name in ("memory", "dask")]
+    assert records[1]["engine"]["feature_dtype"] == "float32"
+    assert records[0]["k_source"] == records[1]["k_source"] == "elbow"
+    assert records[0]["k"] == records[1]["k"]
+    with rasterio.open(tmp_path / "memory" / "crop_head-refine_labels.tif") as a, \
+            rasterio.open(tmp_path / "dask" / "crop_head-refine_labels.tif") as b:
+        assert int((a.read(1) != b.read(1)).sum()) == 0
+
+
+def test_cli_feature_dtype_rejects_other_dtypes(tmp_path):
+    result = _invoke("segment", str(EXAMPLE), "-o", str(tmp_path / "out"), "--feature-dtype", "float64")
+
+    assert result.exit_code == 2
+    assert "invalid --feature-dtype float64: expected one of 'float16', 'float32'" in result.output
+    assert not (tmp_path / "out").exists()
+
+
 def test_cli_dask_failed_input_error_printed_once(tmp_path, caplog):
     source = _write_crop(tmp_path / "crop.tif")
     common = ["segment", str(source), "-o", str(tmp_path / "out"), "--scheduler", "synchronous", "--chunk-size",

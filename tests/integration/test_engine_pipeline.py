@@ -86,7 +86,9 @@ def read_labels(path):
         return src.read(1)
 
 
-def run_engine(source, outdir, config, **kwargs):
+def run_engine(source, outdir, config, *, feature_dtype=None, **kwargs):
+    if feature_dtype is not None:
+        config = config.with_updates({"engine": {"feature_dtype": feature_dtype}})
     kwargs.setdefault("pictures", False)
     return segment_raster(source, outdir, config, progress=False, **kwargs)
 
@@ -125,6 +127,28 @@ def test_engine_kmeans_matches_in_memory(pattern, tmp_path):
     differing = int((read_labels(result.labels_path) != expected).sum())
     print(f"kmeans: {differing} of {expected.size} pixels differ from segment()")
     assert differing == 0
+
+
+def test_engine_float32_store_matches_in_memory_elbow(pattern, tmp_path):
+    # The elbow picks K on the sample, so only a float32 store, read back
+    # without rounding, promises the in-memory K on every raster.
+    config = engine_config("kmeans", 128, cluster={"k": None, "k_min": 2, "k_max": 8, "elbow_threshold": 0.1})
+    result = run_engine(pattern, tmp_path, config, feature_dtype="float32")
+    expected = segment(str(pattern), config)
+
+    stored = zarr.open_array(result.feature_store / "features", mode="r")
+    assert stored.dtype == np.float32
+    assert result.metadata["engine"]["feature_dtype"] == "float32"
+    assert result.metadata["k_source"] == "elbow"
+    assert result.k == expected.attrs["metadata"]["k"]
+    assert int((read_labels(result.labels_path) != expected.labels.values).sum()) == 0
+
+
+def test_engine_stores_float16_by_default(pattern, tmp_path):
+    result = run_engine(pattern, tmp_path, engine_config())
+
+    assert zarr.open_array(result.feature_store / "features", mode="r").dtype == np.float16
+    assert result.metadata["engine"]["feature_dtype"] == "float16"
 
 
 def test_engine_head_refine_matches_in_memory(head_refine_runs):

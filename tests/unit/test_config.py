@@ -2,6 +2,7 @@ import pytest
 
 from tree_seg.config import (
     ClusterConfig,
+    EngineConfig,
     HeadRefineConfig,
     ReadConfig,
     SegmentationConfig,
@@ -30,6 +31,8 @@ from tree_seg.exceptions import ConfigurationError
         (lambda: ReadConfig(bands=(0, 1, 2)), "band index=0"),
         (lambda: ReadConfig(nodata="black"), "nodata='black'"),
         (lambda: SegmentationConfig(method="kmeans2"), "method='kmeans2'"),
+        (lambda: EngineConfig(feature_dtype="float64"), "feature_dtype='float64'"),
+        (lambda: EngineConfig(chunk_size=32), "chunk_size=32"),
     ],
 )
 def test_config_rejects_invalid_value_by_name(factory, message):

@@ -176,6 +176,7 @@ def _config_from_options(
             "engine": {
                 "chunk_size": o.get("chunk_size"), "workers": o.get("workers"),
                 "scheduler": o.get("scheduler"), "feature_store": o.get("feature_store"),
+                "feature_dtype": o.get("feature_dtype"),
             },
         },
     )
@@ -244,6 +245,7 @@ def segment(
     chunk_size: p.ChunkSizeOption = None,
     scheduler: p.SchedulerOption = None,
     feature_store: p.FeatureStoreOption = None,
+    feature_dtype: p.FeatureDtypeOption = None,
     progress: p.ProgressOption = True,
     metrics: p.MetricsOption = False,
     pictures: p.PicturesOption = True,
@@ -272,7 +274,8 @@ def segment(
     if not paths:
         print_summary(len(problems), len(problems))
         raise typer.Exit(code=1)
-    dask_options = {"workers": workers, "chunk_size": chunk_size, "scheduler": scheduler, "feature_store": feature_store}
+    dask_options = {"workers": workers, "chunk_size": chunk_size, "scheduler": scheduler, "feature_store": feature_store,
+                    "feature_dtype": feature_dtype}
     with sigint_restored(), output_folder(outdir):
         try:
             if _use_dask(engine, list(shapes.values()), config, dask_options):

@@ -21,7 +21,7 @@ __all__ = ["build_config", "echo_error", "flag_names", "parse_bands", "parse_k_r
 # Configuration fields that a command-line option sets under another name.
 _OPTIONS = {"k_min": "--k-range", "k_max": "--k-range", "method": "--model", "name": "--backbone",
             "weights": "--weights"}
-_FIELDS = ("alpha", "batch_size", "blend", "chunk_size", "collar_buffer", "device", "iterations", "k",
+_FIELDS = ("alpha", "batch_size", "blend", "chunk_size", "collar_buffer", "device", "feature_dtype", "iterations", "k",
            "nodata", "nodata_tolerance", "overlap", "refine", "scale", "seed", "slic_size", "target_resolution", "tau",
            "upsampling", "window", "workers")
 _SECTION_FIELD = re.compile(r"\b(?:read|window|backbone|cluster|head_refine|labels|engine)\.(" + "|".join(_FIELDS) + r")\b(?=:)")

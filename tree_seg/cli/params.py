@@ -81,4 +81,6 @@ SchedulerOption = Annotated[str | None, typer.Option(help="Address of a running 
 
 FeatureStoreOption = Annotated[Path | None, typer.Option(help="Zarr feature store: a .zarr path, or a folder for <stem>_features.zarr; a rerun with the same settings reuses it. [default: OUTDIR/<stem>_features.zarr]", show_default=False)]
 
+FeatureDtypeOption = Annotated[str | None, typer.Option(help="dtype of the feature store: float16 (half the disk) or float32, which reproduces --engine memory exactly; float16 rounding can move the elbow's K by one. [default: float16]", show_default=False)]
+
 ProgressOption = Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bars of the Dask engine passes and of weight loading.")]

@@ -52,9 +52,6 @@ __all__ = ["BatchItem", "EngineResult", "build_feature_store", "segment_many", "
 
 logger = logging.getLogger(__name__)
 
-FeatureDtype = Literal["float16", "float32"]
-
-
 @dataclass
 class EngineResult:
     """Outputs and record of one engine run.
@@ -159,8 +156,9 @@ def _store_path(feature_store: str | Path | None, outdir: Path, stem: str) -> Pa
     return path if path.suffix == ".zarr" else path / name
 
 
-def _open_feature_store(executor: Executor, source: RasterSource, config: SegmentationConfig, store_path: Path,
-                        feature_dtype: FeatureDtype) -> tuple[FeatureStore, tasks.FeatureTaskContext, dict[str, Any]]:
+def _open_feature_store(executor: Executor, source: RasterSource, config: SegmentationConfig,
+                        store_path: Path) -> tuple[FeatureStore, tasks.FeatureTaskContext, dict[str, Any]]:
+    feature_dtype = config.engine.feature_dtype
     info = executor.run_on_each_worker(backbone_info, config.backbone, gpu=True)[0]
     geometry = _geometry(source, config, int(info["patch_size"]))
     side = patch_chunk_side(config.engine.chunk_size, scale=geometry.scale, patch_size=geometry.patch_size,
@@ -188,7 +186,6 @@ def build_feature_store(
     *,
     client: Any = None,
     chunks: Sequence[tuple[int, int]] | None = None,
-    feature_dtype: FeatureDtype = "float16",
     progress: bool | None = None,
 ) -> FeatureStore:
     """Run (or resume) only the feature pass of one raster.
@@ -206,8 +203,6 @@ def build_feature_store(
     chunks : sequence of (int, int), optional
         Compute only these chunk indices (row, col of the chunk grid); the
         others stay pending. For tests and for spreading one store over jobs.
-    feature_dtype : {"float16", "float32"}, default="float16"
-        dtype of the stored features.
     progress : bool, optional
         Show progress bars; by default when the ``tree_seg`` logger shows INFO.
 
@@ -223,7 +218,7 @@ def build_feature_store(
     config = config or SegmentationConfig()
     source = open_raster(source_path, config.read, chunks=None)
     with _executor(client, config, progress) as executor:
-        store, context, _ = _open_feature_store(executor, source, config, Path(store_path), feature_dtype)
+        store, context, _ = _open_feature_store(executor, source, config, Path(store_path))
         selected = None
         if chunks is not None:
             requested = {tuple(index) for index in chunks}
@@ -238,7 +233,6 @@ def segment_raster(
     config: SegmentationConfig | None = None,
     *,
     client: Any = None,
-    feature_dtype: FeatureDtype = "float16",
     pictures: bool = True,
     progress: bool | None = None,
 ) -> EngineResult:
@@ -258,9 +252,6 @@ def segment_raster(
     client : distributed.Client, optional
         A running client to reuse; by default one is opened from
         ``config.engine`` and closed at the end.
-    feature_dtype : {"float16", "float32"}, default="float16"
-        dtype of the stored features. float16 halves the store; float32
-        reproduces the in-memory pipeline bit for bit.
     pictures : bool, default=True
         Write the legend, overlay and side-by-side PNGs from a decimated
         preview (at most 1024 pixels a side), and the elbow plot.
@@ -281,9 +272,8 @@ def segment_raster(
     """
     config = config or SegmentationConfig()
     with _executor(client, config, progress) as executor:
-        return _segment(executor, Path(source_path), Path(outdir), config, feature_dtype=feature_dtype,
-                        pictures=pictures, store_path=_store_path(config.engine.feature_store, Path(outdir),
-                                                                 Path(source_path).stem))
+        store_path = _store_path(config.engine.feature_store, Path(outdir), Path(source_path).stem)
+        return _segment(executor, Path(source_path), Path(outdir), config, pictures=pictures, store_path=store_path)
 
 
 def segment_many(
@@ -292,7 +282,6 @@ def segment_many(
     config: SegmentationConfig | None = None,
     *,
     client: Any = None,
-    feature_dtype: FeatureDtype = "float16",
     pictures: bool = True,
     progress: bool | None = None,
 ) -> list[BatchItem]:
@@ -330,8 +319,8 @@ def segment_many(
         for path in map(Path, paths):
             with input_context(path.name):
                 try:
-                    result = _segment(executor, path, outdir, config, feature_dtype=feature_dtype,
-                                      pictures=pictures, store_path=_store_path(store_setting, outdir, path.stem))
+                    result = _segment(executor, path, outdir, config, pictures=pictures,
+                                      store_path=_store_path(store_setting, outdir, path.stem))
                 except Exception as error:
                     # One bad input must not end the batch: besides tree_seg's own
                     # errors this catches a lost worker (KilledWorker) or a full disk.
@@ -347,12 +336,12 @@ def segment_many(
 
 
 def _segment(executor: Executor, source_path: Path, outdir: Path, config: SegmentationConfig, *,
-             feature_dtype: FeatureDtype, pictures: bool, store_path: Path) -> EngineResult:
+             pictures: bool, store_path: Path) -> EngineResult:
     # Times the driver's passes; the peak RSS it records is this process's.
     timer = RunProfile()
     with timer.stage("open"):
         source = open_raster(source_path, config.read, chunks=None)
-        store, feature_context, info = _open_feature_store(executor, source, config, store_path, feature_dtype)
+        store, feature_context, info = _open_feature_store(executor, source, config, store_path)
     geometry = feature_context.geometry
     n_chunks = len(store.blocks())
     logger.info("Engine run on %s: %d x %d pixels, %d x %d patches (width x height) in %d chunk%s of %d patches, "
@@ -402,7 +391,7 @@ def _segment(executor: Executor, source_path: Path, outdir: Path, config: Segmen
                 summary = passes.label_pass(executor, label_context, label_model)
 
     record = _metadata(source, config, info, store, geometry, model, outcome, timer.stages, computed=computed,
-                       feature_dtype=feature_dtype, label_store=label_store.path)
+                       label_store=label_store.path)
     # K counts fitted clusters; fewer may own a pixel after refinement.
     record["clusters_used"] = int(np.count_nonzero(summary.pixels))
     written: dict[str, Path] = {"feature_store": store.path, "label_store": label_store.path}
@@ -439,7 +428,7 @@ def _degenerate_reason(summary: tasks.LabelSummary, k: int, tau: float) -> str |
 
 def _metadata(source: RasterSource, config: SegmentationConfig, info: dict[str, Any], store: FeatureStore,
               geometry: tasks.RasterGeometry, model: ClusterModel, outcome: passes.HeadRefineOutcome | None,
-              timings: dict[str, float], *, computed: int, feature_dtype: str, label_store: Path) -> dict[str, Any]:
+              timings: dict[str, float], *, computed: int, label_store: Path) -> dict[str, Any]:
     """Build the run record with the keys of :func:`tree_seg.core.segmentation.run_metadata`, plus ``engine``."""
     record: dict[str, Any] = {
         "method": config.method,
@@ -460,7 +449,7 @@ def _metadata(source: RasterSource, config: SegmentationConfig, info: dict[str, 
         "engine": {
             "feature_store": str(store.path),
             "label_store": str(label_store),
-            "feature_dtype": feature_dtype,
+            "feature_dtype": config.engine.feature_dtype,
             "feature_chunk_patches": store.chunk_side,
             "feature_chunks": len(store.blocks()),
             "feature_chunks_computed": computed,
