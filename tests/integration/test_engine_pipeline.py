@@ -19,8 +19,9 @@ from scipy import ndimage
 
 from tree_seg.config import SegmentationConfig
 from tree_seg.core.segmentation import run_segmentation, segment
-from tree_seg.engine import build_feature_store, segment_many, segment_raster
-from tree_seg.exceptions import FeatureStoreMismatchError
+from tree_seg.engine import build_feature_store, segment_many, segment_raster, tasks
+from tree_seg.engine.pipeline import _executor, _open_feature_store
+from tree_seg.exceptions import FeatureStoreMismatchError, InvalidInputError
 from tree_seg.io.reader import open_raster
 
 TRANSFORM = from_origin(500000.0, 4600000.0, 0.25, 0.25)
@@ -95,15 +96,20 @@ def run_engine(source, outdir, config, *, feature_dtype=None, **kwargs):
 
 @pytest.mark.parametrize("method", ["kmeans", "head-refine"])
 def test_engine_chunk_sizes_identical(pattern, tmp_path, method):
-    labels = {}
+    labels, windows, chunks = {}, {}, {}
     for chunk_size in (128, 256, 1024):
         result = run_engine(pattern, tmp_path / str(chunk_size), engine_config(method, chunk_size))
         labels[chunk_size] = read_labels(result.labels_path)
+        windows[chunk_size] = result.metadata["engine"]["windows_computed"]
+        chunks[chunk_size] = result.metadata["engine"]["feature_chunks"]
 
     differing = {size: int((labels[size] != labels[1024]).sum()) for size in (128, 256)}
     print(f"{method}: pixels differing from the single-chunk run: {differing} of {labels[1024].size}")
     assert differing == {128: 0, 256: 0}
     assert (labels[1024] != 255).sum() > 0.5 * labels[1024].size
+    # Every window runs through the backbone once, however many chunks share it.
+    assert chunks[128] > chunks[256] > chunks[1024] == 1
+    assert windows[128] == windows[256] == windows[1024] > 0
 
 
 @pytest.fixture(scope="module")
@@ -213,6 +219,18 @@ def test_engine_half_scale_matches_in_memory(pattern_odd, tmp_path):
     assert int((read_labels(result.labels_path) != expected).sum()) == 0
 
 
+def test_engine_feature_chunk_needs_neighbour_seams(pattern, tmp_path):
+    config = engine_config("kmeans", 96)
+    source = open_raster(pattern, config.read, chunks=None)
+    with _executor(None, config, False) as executor:
+        store, context, _ = _open_feature_store(executor, source, config, tmp_path / "store.zarr")
+    store.create_window_arrays(context.ownership)
+    later = store.blocks()[-1]
+
+    with pytest.raises(InvalidInputError, match="seam window at pixel .* is missing"):
+        tasks.feature_chunk(context, later)
+    assert not store.done_mask().any()
+
 def test_engine_nodata_pixels_255(pattern, tmp_path):
     result = run_engine(pattern, tmp_path, engine_config())
     labels = read_labels(result.labels_path)
@@ -229,11 +247,17 @@ def test_engine_resume_after_interrupt(pattern, tmp_path):
     build_feature_store(pattern, store_path, config, chunks=[(0, 0), (1, 2), (3, 4)], progress=False)
     done = zarr.open_array(store_path / "done", mode="r")[...]
     assert int(done.sum()) == 3
+    # Seam windows stay stored while other chunks still need them.
+    partial_windows = int((zarr.open_array(store_path / "window_state", mode="r")[...] == 1).sum())
+    assert partial_windows > 0
 
     resumed = run_engine(pattern, tmp_path / "partial", config)
     fresh = run_engine(pattern, tmp_path / "fresh", config)
 
     assert resumed.metadata["engine"]["feature_chunks_computed"] == resumed.metadata["engine"]["feature_chunks"] - 3
+    assert resumed.metadata["engine"]["windows_computed"] < fresh.metadata["engine"]["windows_computed"]
+    assert not (resumed.feature_store / "windows").exists()
+    assert not (resumed.feature_store / "window_state").exists()
     for name in ("features", "valid"):
         np.testing.assert_array_equal(zarr.open_array(resumed.feature_store / name, mode="r")[...],
                                       zarr.open_array(fresh.feature_store / name, mode="r")[...])

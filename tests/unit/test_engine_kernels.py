@@ -46,7 +46,7 @@ def test_window_read_bounds_contains_every_read(rng):
     for rows, cols in ((slice(0, 3), slice(0, 3)), (slice(6, 10), slice(9, 15))):
         reads.clear()
         extract_patch_features(recording_reader, grid, backbone, patch_rows=rows, patch_cols=cols)
-        bounds = kernels.window_read_bounds(grid, rows, cols)
+        bounds = kernels.window_read_bounds(grid, grid.windows_touching(rows, cols))
         assert bounds[0].start == min(r[0] for r in reads)
         assert bounds[0].stop == max(r[1] for r in reads)
         assert bounds[1].start == min(r[2] for r in reads)
@@ -58,12 +58,23 @@ def test_block_reader_serves_same_features(rng):
     grid = WindowGrid(150, 230, patch_size=16, window=64, overlap=16)
     backbone = load_backbone(BackboneConfig(name="texture"))
     rows, cols = slice(6, 10), slice(9, 15)
-    read_rows, read_cols = kernels.window_read_bounds(grid, rows, cols)
+    read_rows, read_cols = kernels.window_read_bounds(grid, grid.windows_touching(rows, cols))
     reader = kernels.BlockReader(image[:, read_rows, read_cols], read_rows, read_cols)
 
     chunk = extract_patch_features(reader, grid, backbone, patch_rows=rows, patch_cols=cols)
     whole = extract_patch_features(image, grid, backbone)
     np.testing.assert_array_equal(chunk, whole[rows, cols])
+
+
+def test_window_read_bounds_contains_region():
+    grid = WindowGrid(150, 230, patch_size=16, window=64, overlap=16)
+
+    rows, cols = kernels.window_read_bounds(grid, [(48, 96)], (slice(40, 50), slice(200, 230)))
+
+    assert (rows.start, rows.stop) == (40, 112)
+    assert (cols.start, cols.stop) == (96, 230)
+    with pytest.raises(InvalidInputError, match="no windows and no region"):
+        kernels.window_read_bounds(grid, [])
 
 
 def test_block_reader_rejects_read_outside():

@@ -4,8 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from tree_seg.engine.layout import block_grid, halo_slices, iter_blocks, patch_chunk_side, slic_depth
+from tree_seg.engine.layout import (
+    WindowOwnership,
+    block_grid,
+    halo_slices,
+    iter_blocks,
+    patch_chunk_side,
+    slic_depth,
+)
 from tree_seg.exceptions import ConfigurationError
+from tree_seg.features.grid import WindowGrid
 
 
 def test_patch_chunk_side_defaults():
@@ -105,3 +113,51 @@ def test_halo_slices_halo_wider_than_grid():
 
 def test_slic_depth_two_superpixels():
     assert slic_depth(16) == 32
+
+
+@pytest.mark.parametrize(("height", "width", "overlap", "side"),
+                         [(1000, 1400, 16, 6), (1000, 1400, 16, 3), (700, 300, 48, 2), (200, 200, 16, 3)])
+def test_window_ownership_each_window_once(height, width, overlap, side):
+    # window 64 px = 4 patches of 16 px; overlap 48 px makes windows reach two chunks ahead.
+    grid = WindowGrid(height, width, patch_size=16, window=64, overlap=overlap)
+    ownership = WindowOwnership(grid, side)
+    blocks = list(iter_blocks(grid.patch_shape, side))
+
+    owned = [origin for block in blocks for origin in ownership.owned(block)]
+
+    assert sorted(owned) == sorted(grid.origins())
+    assert len(owned) == len(set(owned))
+    for block in blocks:
+        for origin in ownership.owned(block):
+            assert ownership.owner(origin) == block.index
+
+
+@pytest.mark.parametrize(("overlap", "side"), [(16, 6), (16, 3), (48, 2), (48, 1)])
+def test_window_ownership_seams_touch_other_chunks(overlap, side):
+    grid = WindowGrid(300, 410, patch_size=16, window=64, overlap=overlap)
+    ownership = WindowOwnership(grid, side)
+    blocks = list(iter_blocks(grid.patch_shape, side))
+    touching = {block.index: set(grid.windows_touching(block.rows, block.cols)) for block in blocks}
+
+    for block in blocks:
+        # Brute force: a seam window touches a chunk other than its owner.
+        expected = [origin for origin in ownership.owned(block)
+                    if {index for index, origins in touching.items() if origin in origins} != {block.index}]
+        assert ownership.seams(block) == expected
+
+
+def test_window_ownership_counts():
+    grid = WindowGrid(1000, 1400, patch_size=16, window=64, overlap=16)
+    ownership = WindowOwnership(grid, 6)
+
+    assert ownership.per_chunk == 2
+    assert ownership.window_counts == (21, 29)
+    assert ownership.index((144, 48)) == (3, 1)
+    assert ownership.owner((144, 48)) == (1, 0)
+
+
+def test_window_ownership_rejects_side_off_stride():
+    grid = WindowGrid(1000, 1400, patch_size=16, window=64, overlap=16)
+
+    with pytest.raises(ConfigurationError, match="chunk side 4 patches"):
+        WindowOwnership(grid, 4)

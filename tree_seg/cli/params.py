@@ -75,7 +75,7 @@ EngineOption = Annotated[str, typer.Option("--engine", help="Execution: dask (ch
 
 WorkersOption = Annotated[int | None, typer.Option(help="Worker processes of the local Dask cluster (1-4096). [default: sized to the machine]", show_default=False)]
 
-ChunkSizeOption = Annotated[int | None, typer.Option(help="Chunk side in input pixels for the Dask engine (64-65536), rounded up to whole window strides. Windows that straddle two chunks are computed in both, so chunks of only a few windows cost more. [default: 2048]", show_default=False)]
+ChunkSizeOption = Annotated[int | None, typer.Option(help="Chunk side in input pixels for the Dask engine (64-65536), rounded up to whole window strides. Memory per worker grows with it. [default: 2048]", show_default=False)]
 
 SchedulerOption = Annotated[str | None, typer.Option(help="Address of a running Dask scheduler (tcp://HOST:8786), or 'synchronous' to run the Dask engine in this process for debugging. [default: start a local cluster]", show_default=False)]
 

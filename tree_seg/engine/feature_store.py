@@ -2,22 +2,32 @@
 
 Layout of ``<name>_features.zarr`` (a zarr v3 group):
 
-==============  ============================  ========  ===================================
-array           dims                          dtype     contents
-==============  ============================  ========  ===================================
-``features``    (y, x, feature)               float16   L2-normalised patch features
-``valid``       (y, x)                        bool      patches with half their pixels valid
-``n_valid``     (chunk_y, chunk_x)            int64     valid patches per chunk
-``done``        (chunk_y, chunk_x)            uint8     1 once the chunk's features are written
-``y``, ``x``    (y), (x)                      float64   patch-centre coordinates in the CRS
-``spatial_ref`` ()                            int32     CRS WKT and GDAL GeoTransform in attrs
-==============  ============================  ========  ===================================
+================  ===============================  ========  =========================================
+array             dims                             dtype     contents
+================  ===============================  ========  =========================================
+``features``      (y, x, feature)                  float16   L2-normalised patch features
+``valid``         (y, x)                           bool      patches with half their pixels valid
+``n_valid``       (chunk_y, chunk_x)               int64     valid patches per chunk
+``done``          (chunk_y, chunk_x)               uint8     1 once the chunk's features are written
+``windows``       (window_y, window_x, y, x, f)    float32   seam windows' features (temporary)
+``window_state``  (window_y, window_x)             uint8     ``WINDOW_*`` state per window (temporary)
+``y``, ``x``      (y), (x)                         float64   patch-centre coordinates in the CRS
+``spatial_ref``   ()                               int32     CRS WKT and GDAL GeoTransform in attrs
+================  ===============================  ========  =========================================
 
 ``features`` and ``valid`` are chunked by the feature-pass chunk, so each task
 writes whole zarr chunks and no two tasks ever write the same chunk; ``done``
 and ``n_valid`` have one zarr chunk per feature chunk. A task writes
 ``features``, ``valid`` and ``n_valid`` before ``done``, so a chunk marked done
 is complete, and a run killed midway redoes only the chunks not marked.
+
+Each window runs through the backbone once, in the chunk that owns it
+(:class:`~tree_seg.engine.layout.WindowOwnership`). A seam window, whose
+patches reach into other chunks, is computed first and kept in ``windows``
+until every chunk that blends it is done; then ``windows`` and
+``window_state`` are deleted. ``window_state`` has one zarr chunk per feature
+chunk, written after that chunk's seam windows, so a nonzero state means
+that the owner has finished.
 
 The group attributes hold ``settings`` (everything that determines the
 features: the input file's identity, read settings, backbone and weights
@@ -33,6 +43,8 @@ import hashlib
 import json
 import logging
 import os
+import shutil
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -43,13 +55,17 @@ import numpy as np
 import zarr
 
 from tree_seg.config import SegmentationConfig
-from tree_seg.engine.layout import Block, block_grid, halo_slices, iter_blocks
+from tree_seg.engine.layout import Block, WindowOwnership, block_grid, halo_slices, iter_blocks
 from tree_seg.engine.kernels import pad_halo
 from tree_seg.exceptions import FeatureStoreMismatchError
 from tree_seg.io.reader import RasterSource
 
 __all__ = [
     "FEATURE_STORE_FORMAT",
+    "WINDOW_EMPTY",
+    "WINDOW_INTERIOR",
+    "WINDOW_PENDING",
+    "WINDOW_STORED",
     "FeatureStore",
     "feature_settings",
     "input_identity",
@@ -62,6 +78,18 @@ logger = logging.getLogger(__name__)
 
 FEATURE_STORE_FORMAT = 1
 """Version of the store layout; part of the settings, so a layout change invalidates old stores."""
+
+WINDOW_PENDING = 0
+"""Window state: its owner has not run the seam pass yet."""
+
+WINDOW_STORED = 1
+"""Window state: a seam window whose features are in the ``windows`` array."""
+
+WINDOW_EMPTY = 2
+"""Window state: a window without valid pixels, which no chunk blends."""
+
+WINDOW_INTERIOR = 3
+"""Window state: a window inside its owner's chunk, computed with the chunk's features."""
 
 HEADER_BYTES = 65536
 """Bytes at the start of the input file whose SHA-256 identifies its content with its size and mtime."""
@@ -355,6 +383,72 @@ class FeatureStore(ZarrArrays):
         self._array("valid")[block.rows, block.cols] = valid
         self._array("n_valid")[block.index] = int(valid.sum())
         self._array("done")[block.index] = 1
+
+    def create_window_arrays(self, ownership: WindowOwnership) -> None:
+        """Create the ``windows`` and ``window_state`` arrays of the seam windows, unless they exist."""
+        group = zarr.open_group(self.path, mode="r+")
+        existing = set(group.array_keys())
+        counts = ownership.window_counts
+        window_rows, window_cols = ownership.grid.window_patches
+        if "windows" not in existing:
+            group.create_array("windows", shape=(*counts, window_rows, window_cols, self.feature_dim),
+                               chunks=(1, 1, window_rows, window_cols, self.feature_dim), dtype="float32",
+                               fill_value=0.0, dimension_names=["window_y", "window_x", "y", "x", "feature"])
+        if "window_state" not in existing:
+            group.create_array("window_state", shape=counts, chunks=(ownership.per_chunk, ownership.per_chunk),
+                               dtype="uint8", fill_value=WINDOW_PENDING, dimension_names=["window_y", "window_x"])
+
+    def write_seams(self, ownership: WindowOwnership, block: Block,
+                    stored: Iterable[tuple[tuple[int, int], np.ndarray]], empty: list[tuple[int, int]]) -> int:
+        """Write a chunk's seam windows as they come, then the state of every window it owns.
+
+        Parameters
+        ----------
+        ownership : WindowOwnership
+            Window assignment of the store's chunks.
+        block : Block
+            The owner chunk.
+        stored : iterable of ((int, int), ndarray)
+            Origin in pixels and features, shape (window_patch_y,
+            window_patch_x, feature), of each computed seam window.
+        empty : list of (int, int)
+            Origins of owned windows without valid pixels.
+
+        Returns
+        -------
+        int
+            Windows written.
+        """
+        windows = self._array("windows")
+        written = []
+        for origin, features in stored:
+            windows[ownership.index(origin)] = np.asarray(features, dtype=np.float32)
+            written.append(origin)
+
+        m = ownership.per_chunk
+        counts = ownership.window_counts
+        rows = slice(block.index[0] * m, min((block.index[0] + 1) * m, counts[0]))
+        cols = slice(block.index[1] * m, min((block.index[1] + 1) * m, counts[1]))
+        states = np.full((rows.stop - rows.start, cols.stop - cols.start), WINDOW_INTERIOR, dtype=np.uint8)
+        for origin, state in [*((o, WINDOW_STORED) for o in written), *((o, WINDOW_EMPTY) for o in empty)]:
+            row, col = ownership.index(origin)
+            states[row - rows.start, col - cols.start] = state
+        self._array("window_state")[rows, cols] = states
+        return len(written)
+
+    def window_states(self) -> np.ndarray:
+        """Return the (window_y, window_x) uint8 state of every window (``WINDOW_*``)."""
+        return np.asarray(self._array("window_state")[...])
+
+    def read_seam(self, index: tuple[int, int]) -> np.ndarray:
+        """Return the stored features (window_patch_y, window_patch_x, feature) of one seam window, float32."""
+        return np.asarray(self._array("windows")[index])
+
+    def drop_window_arrays(self) -> None:
+        """Delete the seam windows and their states, once every chunk is done."""
+        for name in ("windows", "window_state"):
+            self._arrays.pop(name, None)
+            shutil.rmtree(self.path / name, ignore_errors=True)
 
     def read_valid(self, rows: slice, cols: slice) -> np.ndarray:
         """Return the valid mask (rows, cols) of a region in patches."""

@@ -43,34 +43,50 @@ __all__ = [
 ]
 
 
-def window_read_bounds(grid: WindowGrid, patch_rows: slice, patch_cols: slice) -> tuple[slice, slice]:
-    """Return the resampled pixels that extracting a region of the patch grid reads.
+def window_read_bounds(grid: WindowGrid, origins: list[tuple[int, int]],
+                       pixels: tuple[slice, slice] | None = None) -> tuple[slice, slice]:
+    """Return the resampled pixels that reading some windows (and a region) takes.
 
-    :func:`~tree_seg.features.extract.extract_patch_features` reads every
-    window that touches the region, reflecting indices past the raster edge
-    back inside. The returned box contains all of those reads, so one read of
-    it can serve every window of the chunk (see :class:`BlockReader`).
+    :func:`~tree_seg.features.extract.read_window` reflects indices past the
+    raster edge back inside. The returned box contains every read of the
+    given windows, so one read of it can serve them all (see
+    :class:`BlockReader`).
 
     Parameters
     ----------
     grid : WindowGrid
         Window grid of the resampled image.
-    patch_rows, patch_cols : slice
-        Region of the patch grid, in patches.
+    origins : list of (int, int)
+        Window origins (y0, x0) in pixels.
+    pixels : tuple of slice, optional
+        A region (rows, cols) of resampled pixels inside the raster that the
+        box must contain as well.
 
     Returns
     -------
     rows, cols : slice
         Bounding box in pixels of the resampled image, inside the raster.
+
+    Raises
+    ------
+    InvalidInputError
+        If there are neither origins nor a region.
     """
-    origins = grid.windows_touching(patch_rows, patch_cols)
-    height, width = grid.window_shape
-    ys = np.unique([y for y, _ in origins])
-    xs = np.unique([x for _, x in origins])
-    row_index = reflect_index((ys[:, None] + np.arange(height)[None, :]).ravel(), grid.height)
-    col_index = reflect_index((xs[:, None] + np.arange(width)[None, :]).ravel(), grid.width)
-    return (slice(int(row_index.min()), int(row_index.max()) + 1),
-            slice(int(col_index.min()), int(col_index.max()) + 1))
+    row_parts: list[np.ndarray] = []
+    col_parts: list[np.ndarray] = []
+    if origins:
+        height, width = grid.window_shape
+        ys = np.unique([y for y, _ in origins])
+        xs = np.unique([x for _, x in origins])
+        row_parts.append(reflect_index((ys[:, None] + np.arange(height)[None, :]).ravel(), grid.height))
+        col_parts.append(reflect_index((xs[:, None] + np.arange(width)[None, :]).ravel(), grid.width))
+    if pixels is not None:
+        row_parts.append(np.array([pixels[0].start, pixels[0].stop - 1]))
+        col_parts.append(np.array([pixels[1].start, pixels[1].stop - 1]))
+    if not row_parts:
+        raise InvalidInputError("no windows and no region to read: pass at least one of them")
+    rows, cols = np.concatenate(row_parts), np.concatenate(col_parts)
+    return slice(int(rows.min()), int(rows.max()) + 1), slice(int(cols.min()), int(cols.max()) + 1)
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,10 @@ The engine splits work two ways:
   resampled image. Their chunks are squares of ``side`` patches, where
   ``side`` is a multiple of the window stride in patches (see
   :func:`patch_chunk_side`), so that chunk edges fall on window origins.
+- Each window of the feature pass belongs to the chunk that contains its
+  origin (:class:`WindowOwnership`), so that it runs through the backbone
+  once. A window whose patches reach into another chunk is a *seam window*:
+  its owner stores its features for the neighbours to blend.
 - The label pass works on *input pixels*, in squares of ``chunk_size`` pixels,
   so the label store and the label GeoTIFF get chunk-aligned writes.
 
@@ -21,10 +25,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from tree_seg.exceptions import ConfigurationError
+from tree_seg.features.grid import WindowGrid
 
 __all__ = [
     "Block",
     "HaloSlice",
+    "WindowOwnership",
     "block_grid",
     "halo_slices",
     "iter_blocks",
@@ -153,6 +159,77 @@ def iter_blocks(shape: tuple[int, int], side: int | tuple[int, int]) -> Iterator
         for j in range(n_cols):
             cols = slice(j * sides[1], min((j + 1) * sides[1], shape[1]))
             yield Block((i, j), rows, cols)
+
+
+@dataclass(frozen=True)
+class WindowOwnership:
+    """Assignment of the feature pass's windows to the chunks that compute them.
+
+    Chunk sides are whole window strides (:func:`patch_chunk_side`), so each
+    window origin lies in exactly one chunk, its owner, and a chunk owns a
+    block of ``per_chunk`` x ``per_chunk`` windows of the window index grid.
+
+    Parameters
+    ----------
+    grid : WindowGrid
+        Window grid of the resampled image.
+    side : int
+        Feature-chunk side in patches, a multiple of the stride in patches.
+
+    Raises
+    ------
+    ConfigurationError
+        If ``side`` is not a positive multiple of the stride in patches.
+    """
+
+    grid: WindowGrid
+    side: int
+
+    def __post_init__(self) -> None:
+        stride = self.grid.stride // self.grid.patch_size
+        if self.side < 1 or self.side % stride:
+            raise ConfigurationError(f"invalid chunk side {self.side} patches: expected a positive multiple of the "
+                                     f"window stride, {stride} patches")
+
+    @property
+    def per_chunk(self) -> int:
+        """Windows per chunk side."""
+        return self.side * self.grid.patch_size // self.grid.stride
+
+    @property
+    def window_counts(self) -> tuple[int, int]:
+        """Windows (rows, cols) of the whole grid."""
+        return len(self.grid.origins_y), len(self.grid.origins_x)
+
+    def index(self, origin: tuple[int, int]) -> tuple[int, int]:
+        """Return the (row, col) of a window, given its origin in pixels, in the window index grid."""
+        return origin[0] // self.grid.stride, origin[1] // self.grid.stride
+
+    def owner(self, origin: tuple[int, int]) -> tuple[int, int]:
+        """Return the (row, col) index of the chunk that computes the window at ``origin``."""
+        row, col = self.index(origin)
+        return row // self.per_chunk, col // self.per_chunk
+
+    def owned(self, block: Block) -> list[tuple[int, int]]:
+        """Return the origins, row by row, of the windows that a chunk computes."""
+        p = self.grid.patch_size
+        ys = [int(y) for y in self.grid.origins_y if block.rows.start <= y // p < block.rows.stop]
+        xs = [int(x) for x in self.grid.origins_x if block.cols.start <= x // p < block.cols.stop]
+        return [(y, x) for y in ys for x in xs]
+
+    def is_seam(self, origin: tuple[int, int]) -> bool:
+        """Tell whether the window at ``origin`` covers patches of a chunk other than its owner."""
+        p = self.grid.patch_size
+        rows, cols = self.grid.patch_shape
+        window_rows, window_cols = self.grid.window_patches
+        owner_row, owner_col = self.owner(origin)
+        top, left = origin[0] // p, origin[1] // p
+        return (min(top + window_rows, rows) > min((owner_row + 1) * self.side, rows)
+                or min(left + window_cols, cols) > min((owner_col + 1) * self.side, cols))
+
+    def seams(self, block: Block) -> list[tuple[int, int]]:
+        """Return the origins, row by row, of the seam windows that a chunk owns."""
+        return [origin for origin in self.owned(block) if self.is_seam(origin)]
 
 
 def halo_slices(extent: slice, depth: int, size: int) -> HaloSlice:

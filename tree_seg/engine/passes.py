@@ -35,7 +35,7 @@ from tree_seg.config import ClusterConfig, HeadRefineConfig
 from tree_seg.clustering.model import ClusterModel, fit_cluster_model
 from tree_seg.engine import tasks
 from tree_seg.engine.cluster import Executor, combine_all
-from tree_seg.engine.feature_store import FeatureStore
+from tree_seg.engine.feature_store import WINDOW_PENDING, FeatureStore
 from tree_seg.engine.label_store import LabelStore
 from tree_seg.engine.layout import Block, iter_blocks
 from tree_seg.exceptions import RefinementFallbackWarning
@@ -55,8 +55,15 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
-def feature_pass(executor: Executor, context: tasks.FeatureTaskContext, *, blocks: list[Block] | None = None) -> int:
+def feature_pass(executor: Executor, context: tasks.FeatureTaskContext, *,
+                 blocks: list[Block] | None = None) -> tuple[int, int]:
     """Compute and store the features of every chunk not yet marked done.
+
+    Two maps over chunks: :func:`~tree_seg.engine.tasks.seam_chunk` on the
+    owners of the seam windows that the pending chunks blend, then
+    :func:`~tree_seg.engine.tasks.feature_chunk` on the pending chunks. So
+    each window runs through the backbone once. Once every chunk is done,
+    the stored seam windows are deleted.
 
     Parameters
     ----------
@@ -69,18 +76,34 @@ def feature_pass(executor: Executor, context: tasks.FeatureTaskContext, *, block
 
     Returns
     -------
-    int
+    chunks : int
         Chunks computed in this call.
+    windows : int
+        Windows that went through the backbone in this call.
     """
-    pending = context.store.pending_blocks()
+    store = context.store
+    pending = store.pending_blocks()
     if blocks is not None:
         requested = {block.index for block in blocks}
         pending = [block for block in pending if block.index in requested]
-    total = len(context.store.blocks())
+    total = len(store.blocks())
     logger.info("Feature pass: %d of %d chunks to compute (%d already in %s)", len(pending), total,
-                total - len(context.store.pending_blocks()), context.store.path)
-    executor.map(tasks.feature_chunk, pending, context, description="features", gpu=True)
-    return len(pending)
+                total - len(store.pending_blocks()), store.path)
+    windows = 0
+    if pending:
+        ownership = context.ownership
+        store.create_window_arrays(ownership)
+        states = store.window_states()
+        owners = {ownership.owner(origin) for block in pending
+                  for origin in context.geometry.window_grid().windows_touching(block.rows, block.cols)
+                  if ownership.is_seam(origin) and states[ownership.index(origin)] == WINDOW_PENDING}
+        seam_blocks = [block for block in store.blocks() if block.index in owners]
+        windows += sum(executor.map(tasks.seam_chunk, seam_blocks, context, description="seam windows", gpu=True))
+        windows += sum(executor.map(tasks.feature_chunk, pending, context, description="features", gpu=True))
+    if store.done_mask().all():
+        store.drop_window_arrays()
+    logger.info("Feature pass: %d windows through the backbone", windows)
+    return len(pending), windows
 
 
 def guide_pass(executor: Executor, context: tasks.GuideTaskContext, store: FeatureStore) -> None:

@@ -350,7 +350,7 @@ def _segment(executor: Executor, source_path: Path, outdir: Path, config: Segmen
                 store.chunk_side, config.engine.chunk_size)
 
     with timer.stage("features"):
-        computed = passes.feature_pass(executor, feature_context)
+        computed, windows = passes.feature_pass(executor, feature_context)
 
     with timer.stage("clustering"):
         sample, n_valid = passes.gather_sample(executor, store, config.cluster)
@@ -391,7 +391,7 @@ def _segment(executor: Executor, source_path: Path, outdir: Path, config: Segmen
                 summary = passes.label_pass(executor, label_context, label_model)
 
     record = _metadata(source, config, info, store, geometry, model, outcome, timer.stages, computed=computed,
-                       label_store=label_store.path)
+                       windows=windows, label_store=label_store.path)
     # K counts fitted clusters; fewer may own a pixel after refinement.
     record["clusters_used"] = int(np.count_nonzero(summary.pixels))
     written: dict[str, Path] = {"feature_store": store.path, "label_store": label_store.path}
@@ -428,7 +428,7 @@ def _degenerate_reason(summary: tasks.LabelSummary, k: int, tau: float) -> str |
 
 def _metadata(source: RasterSource, config: SegmentationConfig, info: dict[str, Any], store: FeatureStore,
               geometry: tasks.RasterGeometry, model: ClusterModel, outcome: passes.HeadRefineOutcome | None,
-              timings: dict[str, float], *, computed: int, label_store: Path) -> dict[str, Any]:
+              timings: dict[str, float], *, computed: int, windows: int, label_store: Path) -> dict[str, Any]:
     """Build the run record with the keys of :func:`tree_seg.core.segmentation.run_metadata`, plus ``engine``."""
     record: dict[str, Any] = {
         "method": config.method,
@@ -453,6 +453,7 @@ def _metadata(source: RasterSource, config: SegmentationConfig, info: dict[str, 
             "feature_chunk_patches": store.chunk_side,
             "feature_chunks": len(store.blocks()),
             "feature_chunks_computed": computed,
+            "windows_computed": windows,
             "label_chunk_pixels": config.engine.chunk_size,
         },
     }

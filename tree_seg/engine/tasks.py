@@ -10,6 +10,7 @@ handles reopen their files inside the worker. The numerics live in
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -21,12 +22,12 @@ from tree_seg.config import BackboneConfig, HeadRefineConfig, LabelConfig
 from tree_seg.core.labels import NODATA_LABEL, cell_span
 from tree_seg.core.snapping import slic_snap
 from tree_seg.engine import kernels
-from tree_seg.engine.feature_store import FeatureStore
+from tree_seg.engine.feature_store import WINDOW_PENDING, WINDOW_STORED, FeatureStore
 from tree_seg.engine.label_store import LabelStore
-from tree_seg.engine.layout import Block, halo_slices
+from tree_seg.engine.layout import Block, WindowOwnership, halo_slices
 from tree_seg.engine.worker import get_backbone
 from tree_seg.exceptions import InvalidInputError
-from tree_seg.features.extract import extract_patch_features, patch_validity
+from tree_seg.features.extract import blend_windows, iter_window_features, patch_validity, windows_with_data
 from tree_seg.features.grid import WindowGrid
 from tree_seg.features.resample import input_span, resample_image, resample_mask
 from tree_seg.io.reader import RasterSource
@@ -44,6 +45,7 @@ __all__ = [
     "label_chunk",
     "read_resampled",
     "sample_chunk",
+    "seam_chunk",
 ]
 
 logger = logging.getLogger(__name__)
@@ -154,32 +156,95 @@ class FeatureTaskContext:
     batch_size: int
     feature_dtype: str
 
+    @property
+    def ownership(self) -> WindowOwnership:
+        """Which chunk computes each window."""
+        return WindowOwnership(self.geometry.window_grid(), self.store.chunk_side)
+
+
+def seam_chunk(context: FeatureTaskContext, block: Block) -> int:
+    """Compute and store the seam windows that a chunk owns (the first step of the feature pass).
+
+    A seam window's patches reach into other chunks, which blend its stored
+    features in :func:`feature_chunk` instead of computing it again. Returns
+    the number of windows that went through the backbone.
+    """
+    ownership = context.ownership
+    grid = ownership.grid
+    seams = ownership.seams(block)
+    computed: Iterator[tuple[tuple[int, int], np.ndarray]] = iter(())
+    empty: list[tuple[int, int]] = []
+    if seams:
+        read_rows, read_cols = kernels.window_read_bounds(grid, seams)
+        image, valid_pixels = read_resampled(context.source, context.geometry, read_rows, read_cols)
+        with_data = windows_with_data(kernels.BlockReader(valid_pixels[None], read_rows, read_cols), grid, seams)
+        empty = [origin for origin in seams if origin not in set(with_data)]
+        computed = iter_window_features(kernels.BlockReader(image, read_rows, read_cols), grid,
+                                        get_backbone(context.backbone), with_data, batch_size=context.batch_size)
+
+    written = context.store.write_seams(ownership, block, computed, empty)
+    logger.debug("seam windows of chunk %s: %d computed, %d without valid pixels", block.index, written, len(empty))
+    return written
+
 
 def feature_chunk(context: FeatureTaskContext, block: Block) -> int:
     """Extract, normalise and store the features and valid mask of one chunk of patches.
 
-    The chunk's windows are served from a single read of their bounding box.
-    Returns the chunk's number of valid patches.
-    """
-    backbone = get_backbone(context.backbone)
-    geometry = context.geometry
-    grid = geometry.window_grid()
+    The chunk computes the windows it owns that stay inside it, and blends
+    them with the stored seam windows of its own and of its neighbours, which
+    :func:`seam_chunk` must have written. Windows are blended in row-major
+    order, as in a whole-raster run, so the features equal that run's. The
+    windows it computes are served from a single read of their bounding box.
+    Returns the number of windows that went through the backbone.
 
-    read_rows, read_cols = kernels.window_read_bounds(grid, block.rows, block.cols)
-    image, valid_pixels = read_resampled(context.source, geometry, read_rows, read_cols)
-    reader = kernels.BlockReader(image, read_rows, read_cols)
-    valid_reader = kernels.BlockReader(valid_pixels[None], read_rows, read_cols)
-    features = extract_patch_features(reader, grid, backbone, patch_rows=block.rows, patch_cols=block.cols,
-                                      batch_size=context.batch_size, valid=valid_reader)
+    Raises
+    ------
+    InvalidInputError
+        If a seam window that the chunk needs is not stored yet.
+    """
+    ownership = context.ownership
+    grid = ownership.grid
+    geometry = context.geometry
+    touching = grid.windows_touching(block.rows, block.cols)
+    interior = [origin for origin in touching
+                if ownership.owner(origin) == block.index and not ownership.is_seam(origin)]
+    seams = set(touching) - set(interior)
 
     pixel_rows, pixel_cols = geometry.patch_pixels(block)
+    read_rows, read_cols = kernels.window_read_bounds(grid, interior, (pixel_rows, pixel_cols))
+    image, valid_pixels = read_resampled(context.source, geometry, read_rows, read_cols)
+    reader = kernels.BlockReader(image, read_rows, read_cols)
+    computed = set(windows_with_data(kernels.BlockReader(valid_pixels[None], read_rows, read_cols), grid, interior))
+    states = context.store.window_states() if seams else None
+    backbone = get_backbone(context.backbone)
+    fresh = iter_window_features(reader, grid, backbone, [o for o in touching if o in computed],
+                                 batch_size=context.batch_size)
+
+    def in_order() -> Iterator[tuple[tuple[int, int], np.ndarray]]:
+        # Both lists are row-major, so the fresh windows come in turn.
+        for origin in touching:
+            if origin in computed:
+                yield next(fresh)
+            elif origin in seams:
+                assert states is not None
+                state = states[ownership.index(origin)]
+                if state == WINDOW_PENDING:
+                    raise InvalidInputError(
+                        f"seam window at pixel {origin} of chunk {ownership.owner(origin)} is missing for chunk "
+                        f"{block.index}: run the seam pass of that chunk first"
+                    )
+                if state == WINDOW_STORED:
+                    yield origin, context.store.read_seam(ownership.index(origin))
+
+    features = blend_windows(in_order(), grid, block.rows, block.cols, backbone.feature_dim)
     chunk_valid = valid_pixels[pixel_rows.start - read_rows.start:pixel_rows.stop - read_rows.start,
                                pixel_cols.start - read_cols.start:pixel_cols.stop - read_cols.start]
     valid = patch_validity(chunk_valid, geometry.patch_size)
 
     context.store.write_block(block, kernels.normalise_features(features, context.feature_dtype), valid)
-    logger.debug("features of chunk %s: %d valid of %d patches", block.index, int(valid.sum()), valid.size)
-    return int(valid.sum())
+    logger.debug("features of chunk %s: %d valid of %d patches, %d windows computed, %d read from the store",
+                 block.index, int(valid.sum()), valid.size, len(computed), len(seams))
+    return len(computed)
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -20,7 +20,16 @@ from tree_seg.exceptions import ConfigurationError, InvalidInputError
 from tree_seg.features.grid import WindowGrid
 from tree_seg.models.base import Backbone
 
-__all__ = ["Reader", "extract_patch_features", "patch_validity", "read_window", "reflect_index"]
+__all__ = [
+    "Reader",
+    "blend_windows",
+    "extract_patch_features",
+    "iter_window_features",
+    "patch_validity",
+    "read_window",
+    "reflect_index",
+    "windows_with_data",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -177,36 +186,125 @@ def extract_patch_features(
     origins = grid.windows_touching(rows, cols)
     if valid is not None:
         valid_reader = _array_reader(valid[None], grid) if isinstance(valid, np.ndarray) else valid
-        n_windows = len(origins)
-        origins = [(y0, x0) for y0, x0 in origins if read_window(valid_reader, grid, y0, x0).any()]
-        if len(origins) < n_windows:
-            logger.debug("skipping %d of %d windows without valid pixels", n_windows - len(origins), n_windows)
-    weights = grid.blend_weights()
-    window_rows, window_cols = grid.window_patches
-    n_rows, n_cols = rows.stop - rows.start, cols.stop - cols.start
-    sums = np.zeros((n_rows, n_cols, backbone.feature_dim), dtype=np.float32)
-    weight_sums = np.zeros((n_rows, n_cols), dtype=np.float32)
+        origins = windows_with_data(valid_reader, grid, origins)
     logger.debug("extracting patches %s x %s from %d windows of %s px", rows, cols, len(origins), grid.window_shape)
+    outputs = iter_window_features(reader, grid, backbone, origins, batch_size=batch_size, on_batch=on_batch)
+    return blend_windows(outputs, grid, rows, cols, backbone.feature_dim)
 
+
+def windows_with_data(valid: Reader, grid: WindowGrid, origins: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Return the origins of the windows that contain at least one valid pixel, in the given order.
+
+    Parameters
+    ----------
+    valid : callable
+        ``valid(y0, y1, x0, x1)`` returning the valid-pixel mask as (1, y, x)
+        for a range inside the raster.
+    grid : WindowGrid
+        The grid the windows belong to.
+    origins : list of (int, int)
+        Window origins (y0, x0) in pixels.
+    """
+    with_data = [(y0, x0) for y0, x0 in origins if read_window(valid, grid, y0, x0).any()]
+    if len(with_data) < len(origins):
+        logger.debug("skipping %d of %d windows without valid pixels", len(origins) - len(with_data), len(origins))
+    return with_data
+
+
+def iter_window_features(
+    read: Reader,
+    grid: WindowGrid,
+    backbone: Backbone,
+    origins: list[tuple[int, int]],
+    *,
+    batch_size: int = 8,
+    on_batch: Callable[[int, float], None] | None = None,
+) -> Iterator[tuple[tuple[int, int], np.ndarray]]:
+    """Run the backbone on windows in batches and yield each window's patch features.
+
+    Parameters
+    ----------
+    read : callable
+        ``read(y0, y1, x0, x1)`` returning raster pixels (band, y, x) for a
+        range inside the raster.
+    grid : WindowGrid
+        The grid the windows belong to.
+    backbone : Backbone
+        Feature extractor.
+    origins : list of (int, int)
+        Window origins (y0, x0) in pixels, in the order to yield them.
+    batch_size : int, default=8
+        Windows per call to :meth:`Backbone.extract`.
+    on_batch : callable or None, default=None
+        Called as ``on_batch(n_windows, seconds)`` after each batch.
+
+    Yields
+    ------
+    origin : tuple of int
+        The window's (y0, x0).
+    features : ndarray of shape (window_patch_y, window_patch_x, feature_dim), float32
+        The window's patch features, before blending.
+    """
     for first in range(0, len(origins), batch_size):
         batch_origins = origins[first:first + batch_size]
-        windows = np.stack([read_window(reader, grid, y0, x0) for y0, x0 in batch_origins])
+        windows = np.stack([read_window(read, grid, y0, x0) for y0, x0 in batch_origins])
         started = time.perf_counter()
         features = backbone.extract(windows)
         seconds = time.perf_counter() - started
         if on_batch is not None:
             on_batch(len(batch_origins), seconds)
         logger.debug("batch of %d windows in %.3f s", len(batch_origins), seconds)
+        yield from zip(batch_origins, features, strict=True)
 
-        for (y0, x0), window_features in zip(batch_origins, features, strict=True):
-            # Overlap of this window's patches with the region, in region and window coordinates.
-            top, left = y0 // grid.patch_size, x0 // grid.patch_size
-            r0, r1 = max(top, rows.start), min(top + window_rows, rows.stop)
-            c0, c1 = max(left, cols.start), min(left + window_cols, cols.stop)
-            local_w = weights[r0 - top:r1 - top, c0 - left:c1 - left]
-            target = (slice(r0 - rows.start, r1 - rows.start), slice(c0 - cols.start, c1 - cols.start))
-            sums[target] += local_w[..., None] * window_features[r0 - top:r1 - top, c0 - left:c1 - left]
-            weight_sums[target] += local_w
+
+def blend_windows(
+    outputs: Iterable[tuple[tuple[int, int], np.ndarray]],
+    grid: WindowGrid,
+    rows: slice,
+    cols: slice,
+    feature_dim: int,
+) -> np.ndarray:
+    """Average window features over a region of the patch grid with the grid's blend weights.
+
+    The sums run in the order of ``outputs``. Callers pass the windows in
+    row-major origin order, so that a chunk gets the values of a whole-raster
+    run bit for bit.
+
+    Parameters
+    ----------
+    outputs : iterable of ((int, int), ndarray)
+        Window origin (y0, x0) in pixels and its features of shape
+        (window_patch_y, window_patch_x, feature_dim), as from
+        :func:`iter_window_features`. Windows that miss the region add nothing.
+    grid : WindowGrid
+        The grid the windows belong to.
+    rows, cols : slice
+        Region of the patch grid, in patches, with explicit start and stop.
+    feature_dim : int
+        Values per patch feature.
+
+    Returns
+    -------
+    ndarray of shape (rows, cols, feature_dim), float32
+        Blend-weighted mean over the given windows, or zeros for a patch that
+        none of them covers.
+    """
+    weights = grid.blend_weights()
+    window_rows, window_cols = grid.window_patches
+    sums = np.zeros((rows.stop - rows.start, cols.stop - cols.start, feature_dim), dtype=np.float32)
+    weight_sums = np.zeros(sums.shape[:2], dtype=np.float32)
+
+    for (y0, x0), window_features in outputs:
+        # Overlap of this window's patches with the region, in region and window coordinates.
+        top, left = y0 // grid.patch_size, x0 // grid.patch_size
+        r0, r1 = max(top, rows.start), min(top + window_rows, rows.stop)
+        c0, c1 = max(left, cols.start), min(left + window_cols, cols.stop)
+        if r1 <= r0 or c1 <= c0:
+            continue
+        local_w = weights[r0 - top:r1 - top, c0 - left:c1 - left]
+        target = (slice(r0 - rows.start, r1 - rows.start), slice(c0 - cols.start, c1 - cols.start))
+        sums[target] += local_w[..., None] * window_features[r0 - top:r1 - top, c0 - left:c1 - left]
+        weight_sums[target] += local_w
 
     # Every patch lies in at least one window and blend weights are > 0, so
     # a zero weight means that only skipped windows cover the patch.
