@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -200,7 +201,8 @@ class WindowConfig:
                 "(a quarter of the window is typical)"
             )
         if isinstance(self.scale, str):
-            _check_choice("scale", self.scale, ("auto",))
+            if self.scale != "auto":
+                raise ConfigurationError(f"invalid scale={self.scale!r}: expected a number in [0.05, 4] or 'auto'")
         else:
             _check_range("scale", self.scale, low=0.05, high=4.0, hint=" (1.0 keeps the input resolution) or 'auto'")
         _check_range("target_resolution", self.target_resolution, low=0.0, low_inclusive=False)
@@ -324,7 +326,8 @@ class HeadRefineConfig:
 
     def __post_init__(self) -> None:
         if isinstance(self.tau, str):
-            _check_choice("tau", self.tau, ("auto",))
+            if self.tau != "auto":
+                raise ConfigurationError(f"invalid tau={self.tau!r}: expected a number > 0 or 'auto'")
         else:
             _check_range("tau", self.tau, low=0.0, low_inclusive=False, hint=" or 'auto'")
         _check_range("alpha", self.alpha, low=0.0, high=1.0)
@@ -370,6 +373,10 @@ class LabelConfig:
         _check_range("slic_compactness", self.slic_compactness, low=0.0, low_inclusive=False)
 
 
+_SCHEDULER_ADDRESS = re.compile(r"(?:[a-z][a-z0-9+.-]*://)?[^\s/]+:\d+/?")
+"""A Dask scheduler address: an optional scheme, a host and a port."""
+
+
 @dataclass(frozen=True, kw_only=True)
 class EngineConfig:
     """Chunked execution on Dask.
@@ -400,6 +407,10 @@ class EngineConfig:
     def __post_init__(self) -> None:
         _check_int("chunk_size", self.chunk_size, low=64, high=65536)
         _check_choice("feature_dtype", self.feature_dtype, get_args(FeatureDtype))
+        if self.scheduler is not None and self.scheduler != "synchronous" and not _SCHEDULER_ADDRESS.fullmatch(
+                self.scheduler):
+            raise ConfigurationError(f"invalid scheduler={self.scheduler!r}: expected 'synchronous' or a scheduler "
+                                     "address with a port, such as tcp://HOST:8786")
         if self.workers is not None:
             _check_int("workers", self.workers, low=1, high=4096)
 

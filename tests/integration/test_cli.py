@@ -72,6 +72,8 @@ def test_cli_rejects_v2_options_for_kmeans(tmp_path):
         (["--nodata", "none", "--collar-buffer", "5"], "--collar-buffer only applies to a nodata value"),
         (["--nodata", "none", "--nodata-tolerance", "3"], "--nodata-tolerance only applies to a nodata value"),
         (["--workers", "2", "--scheduler", "synchronous"], "--workers only sizes the local cluster"),
+        (["--scheduler", "foo"], "invalid --scheduler foo: expected 'synchronous' or a scheduler address with a port"),
+        (["--chunk-size", "32"], "invalid --chunk-size 32"),
         (["--window", "450"], "--window 450 is not a multiple of the patch size 16"),
         pytest.param(["--device", "cuda"], "--device cuda: CUDA is not available here",
                      marks=pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")),

@@ -231,6 +231,15 @@ def test_engine_feature_chunk_needs_neighbour_seams(pattern, tmp_path):
         tasks.feature_chunk(context, later)
     assert not store.done_mask().any()
 
+def test_engine_chunk_size_capped_at_raster(pattern, tmp_path):
+    # 384 x 480 px: a 65536 px chunk would allocate zarr chunks of 65536 px.
+    result = run_engine(pattern, tmp_path, engine_config("kmeans", 65536))
+
+    assert result.metadata["engine"]["label_chunk_pixels"] == 480
+    assert result.metadata["engine"]["feature_chunks"] == 1
+    assert zarr.open_array(result.label_store / "labels", mode="r").chunks == (480, 480)
+    assert zarr.open_array(result.feature_store / "features", mode="r").chunks[:2] == (30, 30)
+
 def test_engine_nodata_pixels_255(pattern, tmp_path):
     result = run_engine(pattern, tmp_path, engine_config())
     labels = read_labels(result.labels_path)

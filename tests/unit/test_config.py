@@ -28,11 +28,14 @@ from tree_seg.exceptions import ConfigurationError
         (lambda: ClusterConfig(elbow_threshold=5.0), "elbow_threshold=5.0"),
         (lambda: WindowConfig(overlap=448), "overlap=448"),
         (lambda: WindowConfig(scale=0.0), "scale=0.0"),
+        (lambda: WindowConfig(scale="0.5"), "invalid scale='0.5': expected a number in"),
         (lambda: ReadConfig(bands=(0, 1, 2)), "band index=0"),
         (lambda: ReadConfig(nodata="black"), "nodata='black'"),
         (lambda: SegmentationConfig(method="kmeans2"), "method='kmeans2'"),
         (lambda: EngineConfig(feature_dtype="float64"), "feature_dtype='float64'"),
         (lambda: EngineConfig(chunk_size=32), "chunk_size=32"),
+        (lambda: EngineConfig(scheduler="Synchronous"), "scheduler='Synchronous'"),
+        (lambda: EngineConfig(scheduler="tcp://127.0.0.1"), "scheduler='tcp://127.0.0.1'"),
     ],
 )
 def test_config_rejects_invalid_value_by_name(factory, message):
@@ -72,3 +75,8 @@ def test_config_to_dict_is_json_ready():
 
     text = json.dumps(SegmentationConfig().to_dict())
     assert '"method": "head-refine"' in text
+
+
+@pytest.mark.parametrize("address", ["synchronous", "tcp://scheduler:8786", "10.0.0.5:8786", "tls://[::1]:8786"])
+def test_engine_config_accepts_scheduler_addresses(address):
+    assert EngineConfig(scheduler=address).scheduler == address

@@ -22,7 +22,7 @@ __all__ = ["build_config", "echo_error", "flag_names", "parse_bands", "parse_k_r
 _OPTIONS = {"k_min": "--k-range", "k_max": "--k-range", "method": "--model", "name": "--backbone",
             "weights": "--weights"}
 _FIELDS = ("alpha", "batch_size", "blend", "chunk_size", "collar_buffer", "device", "feature_dtype", "iterations", "k",
-           "nodata", "nodata_tolerance", "overlap", "refine", "scale", "seed", "slic_size", "target_resolution", "tau",
+           "nodata", "nodata_tolerance", "overlap", "refine", "scale", "scheduler", "seed", "slic_size", "target_resolution", "tau",
            "upsampling", "window", "workers")
 _SECTION_FIELD = re.compile(r"\b(?:read|window|backbone|cluster|head_refine|labels|engine)\.(" + "|".join(_FIELDS) + r")\b(?=:)")
 # A field inside "SomethingConfig(field=value)" is Python, for API users, and stays.

@@ -156,12 +156,18 @@ def _store_path(feature_store: str | Path | None, outdir: Path, stem: str) -> Pa
     return path if path.suffix == ".zarr" else path / name
 
 
+def _chunk_size(config: SegmentationConfig, source: RasterSource) -> int:
+    # A chunk larger than the raster would only allocate zarr chunks of that
+    # size, so the raster's longer side caps it.
+    return min(config.engine.chunk_size, max(source.height, source.width))
+
+
 def _open_feature_store(executor: Executor, source: RasterSource, config: SegmentationConfig,
                         store_path: Path) -> tuple[FeatureStore, tasks.FeatureTaskContext, dict[str, Any]]:
     feature_dtype = config.engine.feature_dtype
     info = executor.run_on_each_worker(backbone_info, config.backbone, gpu=True)[0]
     geometry = _geometry(source, config, int(info["patch_size"]))
-    side = patch_chunk_side(config.engine.chunk_size, scale=geometry.scale, patch_size=geometry.patch_size,
+    side = patch_chunk_side(_chunk_size(config, source), scale=geometry.scale, patch_size=geometry.patch_size,
                             window=config.window.window, overlap=config.window.overlap)
     store_path.parent.mkdir(parents=True, exist_ok=True)
     store = FeatureStore.open_or_create(
@@ -347,7 +353,7 @@ def _segment(executor: Executor, source_path: Path, outdir: Path, config: Segmen
     logger.info("Engine run on %s: %d x %d pixels, %d x %d patches (width x height) in %d chunk%s of %d patches, "
                 "label chunks of %d px", source_path, geometry.input_shape[1], geometry.input_shape[0],
                 geometry.patch_shape[1], geometry.patch_shape[0], n_chunks, "" if n_chunks == 1 else "s",
-                store.chunk_side, config.engine.chunk_size)
+                store.chunk_side, _chunk_size(config, source))
 
     with timer.stage("features"):
         computed, windows = passes.feature_pass(executor, feature_context)
@@ -360,7 +366,7 @@ def _segment(executor: Executor, source_path: Path, outdir: Path, config: Segmen
 
     outputs = OutputManager(outdir, source.stem, method_label(config.method, config.labels.refine))
     label_store = LabelStore.create(outputs.path("labels", "zarr"), shape=geometry.input_shape,
-                                    chunk_size=config.engine.chunk_size,
+                                    chunk_size=_chunk_size(config, source),
                                     crs_wkt=None if source.crs is None else source.crs.to_wkt(),
                                     transform=source.transform)
     em_context = tasks.EMTaskContext(store=store, labels=label_store, head_refine=config.head_refine,
@@ -454,7 +460,7 @@ def _metadata(source: RasterSource, config: SegmentationConfig, info: dict[str, 
             "feature_chunks": len(store.blocks()),
             "feature_chunks_computed": computed,
             "windows_computed": windows,
-            "label_chunk_pixels": config.engine.chunk_size,
+            "label_chunk_pixels": _chunk_size(config, source),
         },
     }
     if outcome is not None:
