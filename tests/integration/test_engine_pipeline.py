@@ -146,7 +146,7 @@ def test_engine_float32_store_matches_in_memory_elbow(pattern, tmp_path):
     assert stored.dtype == np.float32
     assert result.metadata["engine"]["feature_dtype"] == "float32"
     assert result.metadata["k_source"] == "elbow"
-    assert result.k == expected.attrs["metadata"]["k"]
+    assert result.k == json.loads(expected.attrs["metadata"])["k"]
     assert int((read_labels(result.labels_path) != expected.labels.values).sum()) == 0
 
 

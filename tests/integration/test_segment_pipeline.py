@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import xarray as xr
 import pytest
 import rasterio
 from affine import Affine
@@ -48,7 +49,7 @@ def test_segment_scale_writes_labels_on_input_grid(tmp_path):
     config = TEXTURE.with_updates({"window": {"scale": 0.5, "window": 128, "overlap": 32}})
     result = segment(path, config)
     assert result.labels.shape == (301, 203)
-    assert result.attrs["metadata"]["patch_grid"]["shape"] == [10, 7]
+    assert json.loads(result.attrs["metadata"])["patch_grid"]["shape"] == [10, 7]
 
 
 def test_segment_keeps_crs_and_transform(tmp_path):
@@ -112,11 +113,25 @@ def test_segment_head_refine_returns_responsibilities(tmp_path):
     np.testing.assert_allclose(resp.sum("cluster").values, 1.0, atol=1e-5)
     assert "responsibilities" not in result
     assert result.attrs["method"] == "head-refine"
-    assert result.attrs["metadata"]["head_refine"]["alpha"] == config.head_refine.alpha
+    assert json.loads(result.attrs["metadata"])["head_refine"]["alpha"] == config.head_refine.alpha
     # One E-step runs no M-step, so there is nothing to converge.
     assert result.attrs["m_steps"] == 0
-    assert result.attrs["converged"] is None
-    assert result.attrs["converged"] == result.attrs["metadata"]["head_refine"]["converged"]
+    assert "converged" not in result.attrs
+    assert json.loads(result.attrs["metadata"])["head_refine"]["converged"] is None
+
+
+def test_segment_dataset_saves_as_netcdf(tmp_path):
+    path = _write_raster(tmp_path / "raster.tif", 160, 160)
+    config = TEXTURE.with_updates({"method": "head-refine", "head_refine": {"iterations": 3}})
+    result, scores = segment(path, config, return_scores=True)
+
+    result.to_netcdf(tmp_path / "result.nc")
+    scores.to_netcdf(tmp_path / "scores.nc")
+    with xr.open_dataset(tmp_path / "result.nc", decode_coords="all") as reopened:
+        np.testing.assert_array_equal(reopened["labels"].values, result["labels"].values)
+        assert json.loads(reopened.attrs["metadata"])["k"] == result.attrs["k"]
+        assert bool(reopened.attrs["converged"]) == result.attrs["converged"]
+        assert reopened["labels"].rio.crs == result.rio.crs
 
 
 def test_responsibilities_crop_padding_cells(tmp_path):
@@ -258,4 +273,4 @@ def test_segment_dinov2_runs_on_real_tile(shared_data, dinov2_weights, tmp_path)
     assert labels.shape == (2048, 2048)
     assert 2 <= result.attrs["k"] <= 6
     assert 0.6 < (labels == 255).mean() < 0.8  # the white collar is nodata
-    assert result.attrs["metadata"]["backbone"]["weights_sha256"]
+    assert json.loads(result.attrs["metadata"])["backbone"]["weights_sha256"]

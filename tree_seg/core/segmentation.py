@@ -42,6 +42,7 @@ from tree_seg.features.grid import WindowGrid, patch_transform
 from tree_seg.features.scale import resolve_scale
 from tree_seg.features.resample import resample_image, resample_mask, resampled_shape
 from tree_seg.io.reader import RasterSource, open_raster
+from tree_seg.io.writer import to_json
 from tree_seg.models import load_backbone
 from tree_seg.models.base import Backbone
 
@@ -302,7 +303,10 @@ def _dataset(
     dataset.attrs.update({"method": config.method, "k": model.k, "backbone": grid.backbone["name"]})
     if refinement is not None:
         record = head_refine_metadata(refinement, config)
-        dataset.attrs.update({key: record[key] for key in ("tau", "iterations_run", "m_steps", "converged", "fell_back")})
+        dataset.attrs.update({key: record[key] for key in ("tau", "iterations_run", "m_steps", "fell_back")})
+        if record["converged"] is not None:
+            # netCDF attributes cannot be None, so the key is left out when no M-step ran.
+            dataset.attrs["converged"] = record["converged"]
     if source.georeferenced:
         dataset = dataset.rio.write_crs(source.crs)
     return dataset.rio.write_transform(source.transform)
@@ -415,7 +419,8 @@ class SegmentationRun:
             self.source, self.labels, model=self.model, config=self.config, grid=self.grid,
             refinement=self.refinement,
         )
-        dataset.attrs["metadata"] = self.metadata()
+        # JSON text rather than a dict, so that to_netcdf can store it.
+        dataset.attrs["metadata"] = to_json(self.metadata())
         return dataset
 
     def responsibilities(self) -> xr.DataArray:
@@ -540,9 +545,10 @@ def segment(
         CRS and transform in ``rio``; ``centroids`` (cluster, feature);
         ``inertia`` (k) when K came from the elbow rule; attributes ``method``,
         ``k``, ``backbone`` and, for V2, ``tau``, ``iterations_run``,
-        ``m_steps``, ``converged`` (None when no M-step ran) and
+        ``m_steps``, ``converged`` (left out when no M-step ran) and
         ``fell_back``, as in the metadata. ``attrs["metadata"]`` holds the
-        full run record (configuration, backbone, timings).
+        full run record (configuration, backbone, timings) as JSON text
+        (``json.loads`` reads it), so that ``to_netcdf`` can store it.
     responsibilities : xarray.DataArray of shape (cluster, y, x), float32
         Only with ``return_scores=True``, as the second item of a tuple. The
         probability in [0, 1] that each cell belongs to each cluster, on the

@@ -40,7 +40,7 @@ from rasterio.windows import Window
 
 from tree_seg.exceptions import InvalidInputError
 
-__all__ = ["LabelRasterWriter", "write_json_atomic", "write_label_raster"]
+__all__ = ["LabelRasterWriter", "to_json", "write_json_atomic", "write_label_raster"]
 
 logger = logging.getLogger(__name__)
 
@@ -359,6 +359,17 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
+def to_json(obj: Any, *, indent: int | None = None) -> str:
+    """Return an object as JSON text; NumPy scalars and arrays become numbers and lists, paths strings.
+
+    Raises
+    ------
+    TypeError
+        If ``obj`` contains a value JSON cannot represent.
+    """
+    return json.dumps(obj, indent=indent, default=_json_default)
+
+
 def write_json_atomic(obj: Any, path: str | Path) -> Path:
     """Write an object as indented JSON through a temporary file and a rename.
 
@@ -383,7 +394,7 @@ def write_json_atomic(obj: Any, path: str | Path) -> Path:
         If ``obj`` contains a value JSON cannot represent; nothing is written.
     """
     path = Path(path)
-    text = json.dumps(obj, indent=2, default=_json_default) + "\n"
+    text = to_json(obj, indent=2) + "\n"
 
     temporary = _temporary_path(path)
     try:
