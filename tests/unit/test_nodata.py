@@ -336,6 +336,35 @@ def test_choose_nodata_rule_order():
     assert plain == NodataRule("none")
 
 
+
+@pytest.mark.parametrize(
+    ("dtype", "white", "image_max"),
+    [
+        (np.uint8, 255, 200),
+        (np.uint16, 4095, 3000),  # 12-bit data stored in uint16
+        (np.uint16, 65535, 40000),
+        (np.float32, 255, 200),  # 8-bit data as floats, e.g. from rioxarray's masked=True
+        (np.float32, 1.0, 0.8),
+    ],
+)
+def test_choose_nodata_rule_white_collar_levels(dtype, white, image_max):
+    sample = np.full((3, 8, 8), image_max, dtype=dtype)
+    border = np.full((3, 40), white, dtype=dtype)
+    border[:, 30:] = image_max
+
+    rule = choose_nodata_rule(ReadConfig(), tag=None, alpha_band=None, sample=sample, border=border)
+
+    assert rule == NodataRule("collar", value=float(white), buffer=3)
+
+
+def test_choose_nodata_rule_no_white_level_above_range():
+    sample = np.full((3, 8, 8), 70000.0, dtype=np.float32)
+    border = np.full((3, 40), 70000.0, dtype=np.float32)
+
+    rule = choose_nodata_rule(ReadConfig(), tag=None, alpha_band=None, sample=sample, border=border)
+
+    assert rule == NodataRule("none")
+
 def test_nodata_value_outside_dtype_rejected():
     uint8 = np.full((3, 8, 8), 50, dtype=np.uint8)
     border = np.zeros((3, 32), dtype=np.uint8)

@@ -499,12 +499,22 @@ def valid_mask(
     return ~nodata
 
 
+_WHITE_LEVELS = (1.0, 255.0, 4095.0, 65535.0)
+"""White values of float data in [0, 1], of 8-bit, 12-bit and 16-bit data."""
+
+
 def _white_value(dtype: np.dtype, sample: np.ndarray) -> float | None:
-    if np.issubdtype(dtype, np.integer):
+    # The smallest usual white level at or above the largest value: a
+    # 12-bit sensor's collar is 4095 in uint16, and rioxarray's masked=True
+    # turns 8-bit data into floats up to 255. Other integer dtypes use their
+    # maximum.
+    if np.issubdtype(dtype, np.integer) and dtype != np.uint16:
         return float(np.iinfo(dtype).max)
     finite = sample[np.isfinite(sample)]
-    in_unit_range = finite.size > 0 and finite.min() >= 0 and finite.max() <= 1
-    return 1.0 if in_unit_range else None
+    if finite.size == 0 or finite.min() < 0:
+        return None
+    top = float(finite.max())
+    return next((level for level in _WHITE_LEVELS if top <= level), None)
 
 
 def _check_value_in_range(value: float, tolerance: float, dtype: np.dtype) -> None:
@@ -553,8 +563,10 @@ def choose_nodata_rule(
     Notes
     -----
     The order under ``nodata="auto"`` is: tag, alpha band, NaN in a float
-    sample, a collar found by :func:`detect_collar_value` (the white value is
-    the dtype's maximum, or 1.0 for float data in [0, 1]), then ``"none"``.
+    sample, a collar found by :func:`detect_collar_value`, then ``"none"``.
+    The white value is the smallest of 1, 255, 4095 and 65535 at or above
+    the largest value of the sample and the border for float and uint16 data (so 4095 for 12-bit data
+    in uint16), and the dtype's maximum for other integer data.
     """
     if config.nodata == "none":
         return NodataRule("none")
@@ -576,7 +588,8 @@ def choose_nodata_rule(
     if np.issubdtype(sample.dtype, np.floating) and np.isnan(sample).any():
         return NodataRule("nan")
 
-    collar = detect_collar_value(border, _white_value(sample.dtype, sample))
+    values = np.concatenate([sample.ravel(), border.ravel()])
+    collar = detect_collar_value(border, _white_value(sample.dtype, values))
     if collar is not None:
         return NodataRule("collar", value=collar, tolerance=config.nodata_tolerance,
                           buffer=config.collar_buffer)
