@@ -216,6 +216,20 @@ def test_cli_feature_dtype_float32_reproduces_memory_engine(tmp_path):
         assert int((a.read(1) != b.read(1)).sum()) == 0
 
 
+def test_cli_memory_rerun_removes_dask_label_store(tmp_path):
+    source = _write_crop(tmp_path / "crop.tif")
+    common = ["--k", "3", "--backbone", "texture", "--no-pictures", "--no-progress", "-o", str(tmp_path / "out")]
+    dask = _invoke("segment", str(source), "--scheduler", "synchronous", "--chunk-size", "128", *common)
+    assert dask.exit_code == 0, dask.output
+    assert (tmp_path / "out" / "crop_head-refine_labels.zarr").is_dir()
+
+    memory = _invoke("segment", str(source), "--engine", "memory", *common)
+
+    assert memory.exit_code == 0, memory.output
+    assert not (tmp_path / "out" / "crop_head-refine_labels.zarr").exists()
+    assert (tmp_path / "out" / "crop_features.zarr").is_dir()
+    assert (tmp_path / "out" / "crop_head-refine_labels.tif").is_file()
+
 def test_cli_feature_dtype_rejects_other_dtypes(tmp_path):
     result = _invoke("segment", str(EXAMPLE), "-o", str(tmp_path / "out"), "--feature-dtype", "float64")
 

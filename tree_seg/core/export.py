@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +70,13 @@ def write_run_outputs(
     """
     outputs = OutputManager(outdir, stem, method)
     outputs.remove_existing()
+    # A Dask run of the same input and method left its label store, whose
+    # labels would disagree with this run's. The feature store stays: it is
+    # a cache that a later Dask run with the same settings reuses.
+    stale_store = outputs.path("labels", "zarr")
+    if stale_store.is_dir():
+        shutil.rmtree(stale_store)
+        logger.info("removed the label store of an earlier Dask run: %s", stale_store.name)
     written: dict[str, Path] = {}
     title = f"{stem} - {method}, K={k}"
 
