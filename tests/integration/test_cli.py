@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import warnings
@@ -593,6 +594,22 @@ def test_cli_sweep_bad_tau_names_taus(tmp_path):
     assert result.exit_code == 2
     assert "invalid --taus value '0': tau must be > 0" in " ".join(result.output.split())
 
+
+def test_cli_sweep_csv_starts_with_baseline(tmp_path):
+    source = _write_crop(tmp_path / "crop.tif")
+    out = tmp_path / "sweep"
+
+    result = _invoke("sweep", str(source), "-o", str(out), "--taus", "0.05,0.1,0.05", "--alphas", "0.5",
+                     "--backbone", "texture", "--k", "3")
+
+    assert result.exit_code == 0, result.output
+    with (out / "sweep.csv").open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(row["method"], row["tau"], row["alpha"]) for row in rows] == [
+        ("kmeans", "", ""), ("head-refine", "0.05", "0.5"), ("head-refine", "0.1", "0.5")]
+    assert rows[0]["k"] == "3"
+    assert len(json.loads((out / "sweep.json").read_text())["rows"]) == 2
+    assert f"wrote {out / 'sweep.csv'} and {out / 'sweep.json'}" in " ".join(result.output.split())
 
 def test_cli_profiles_lists_settings_as_key_value():
     result = _invoke("profiles")

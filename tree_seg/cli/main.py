@@ -477,7 +477,7 @@ def sweep(
         )
     if mask is None:
         typer.echo("\nno --mask: scores are n/a; pass a ground-truth mask to compare the settings")
-    typer.echo(f"\nwrote {outdir / 'sweep.csv'}")
+    typer.echo(f"\nwrote {outdir / 'sweep.csv'} and {outdir / 'sweep.json'}")
 
 
 # Units of the profile fields that have one, as in docs/profiles.md.

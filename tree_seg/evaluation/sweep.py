@@ -30,7 +30,7 @@ __all__ = ["SweepResult", "sweep_head_refine"]
 
 logger = logging.getLogger(__name__)
 
-_COLUMNS = ("tau", "tau_used", "alpha", "k", "clusters_used", "iterations_run", "converged", "fell_back",
+_COLUMNS = ("method", "tau", "tau_used", "alpha", "k", "clusters_used", "iterations_run", "converged", "fell_back",
             "seconds", "miou_many_to_one", "boundary_f")
 
 
@@ -41,7 +41,8 @@ class SweepResult:
     Attributes
     ----------
     rows : list of dict
-        One row per (tau, alpha) pair with the columns of ``sweep.csv``.
+        One row per distinct (tau, alpha) pair with the columns of
+        ``sweep.csv``, whose first row is the V1.5 baseline.
     kmeans : dict
         The V1.5 baseline on the same features and K-means fit: ``k``,
         ``clusters_used``, ``seconds``, ``miou_many_to_one`` and
@@ -73,9 +74,9 @@ def sweep_head_refine(
     config : SegmentationConfig
         Base settings; the method is forced to ``"head-refine"``.
     taus : sequence of float or "auto"
-        Temperatures to try.
+        Temperatures to try; a repeated value runs once.
     alphas : sequence of float
-        Blend weights to try, each in [0, 1].
+        Blend weights to try, each in [0, 1]; a repeated value runs once.
     mask_path : str or Path, optional
         Ground-truth mask on the raster's grid (1 = tree, 0 = other, 255 =
         ignore); adds ``miou_many_to_one`` and ``boundary_f`` to each row.
@@ -89,6 +90,7 @@ def sweep_head_refine(
         ``converged`` is None in rows that ran no M-step.
     """
     base = config.with_updates({"method": "head-refine"})
+    taus, alphas = list(dict.fromkeys(taus)), list(dict.fromkeys(alphas))
     source = open_raster(source_path, base.read)
     grid = extract_features(source, base, backbone=backbone)
     model = fit_clusters(grid, base)
@@ -116,6 +118,7 @@ def sweep_head_refine(
         assert run.refinement is not None
         record = head_refine_metadata(run.refinement, settings)
         row: dict[str, Any] = {
+            "method": "head-refine",
             "tau": tau,
             "tau_used": record["tau"],
             "alpha": alpha,
@@ -134,8 +137,9 @@ def sweep_head_refine(
     outdir.mkdir(parents=True, exist_ok=True)
     temporary = outdir / ".sweep.csv.tmp"
     with temporary.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(_COLUMNS))
+        writer = csv.DictWriter(handle, fieldnames=list(_COLUMNS), restval="")
         writer.writeheader()
+        writer.writerow({"method": "kmeans", **kmeans})
         writer.writerows(rows)
     os.replace(temporary, outdir / "sweep.csv")
     write_json_atomic({"source": str(source_path), "k": model.k, "kmeans": kmeans, "rows": rows,
