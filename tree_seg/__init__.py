@@ -5,14 +5,15 @@ The main entry points are :func:`segment` (one raster to an
 metadata and pictures on disk) and :class:`SegmentationConfig`.
 """
 
-from importlib.metadata import PackageNotFoundError, version
-from typing import Any
+from importlib.metadata import PackageNotFoundError as _PackageNotFoundError
+from importlib.metadata import version as _version
+from typing import Any as _Any
 
 from tree_seg.config import SegmentationConfig
 
 try:
-    __version__ = version("tree_seg")
-except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = _version("tree_seg")
+except _PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0+unknown"
 
 __all__ = ["SegmentationConfig", "__version__", "evaluate_dataset", "segment", "segment_to_files"]
@@ -24,7 +25,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> _Any:
     # The pipeline imports torch and transformers; load it on first use so
     # that `import tree_seg` and `tree-seg --help` stay fast.
     if name in _LAZY:
@@ -32,3 +33,8 @@ def __getattr__(name: str) -> Any:
 
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'tree_seg' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    # Lists the lazy functions too, so that tab completion offers them.
+    return sorted({*globals(), *__all__})
