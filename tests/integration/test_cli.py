@@ -455,6 +455,44 @@ def test_console_script_runs_main():
     assert script.value == "tree_seg.cli.main:main"
 
 
+def test_sigterm_during_extension_import_exits_143(monkeypatch):
+    import os
+    import signal
+
+    from tree_seg.cli import main as cli_main
+
+    def import_interrupted_by_sigterm():
+        # What CPython does when SIGTERM's SystemExit hits a C extension's
+        # initialisation, as seen while matplotlib loaded.
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+        except SystemExit:
+            raise ImportError("initialization failed") from None
+
+    previous = signal.getsignal(signal.SIGTERM)
+    monkeypatch.setattr(cli_main, "app", import_interrupted_by_sigterm)
+    monkeypatch.setattr(cli_main, "_terminated_by", None)
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            cli_main.main()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+    assert exit_info.value.code == 128 + signal.SIGTERM
+
+
+def test_main_reraises_errors_without_sigterm(monkeypatch):
+    from tree_seg.cli import main as cli_main
+
+    def broken():
+        raise ImportError("missing module")
+
+    monkeypatch.setattr(cli_main, "app", broken)
+    monkeypatch.setattr(cli_main, "_terminated_by", None)
+
+    with pytest.raises(ImportError, match="missing module"):
+        cli_main.main()
+
 def test_python_dash_m_runs_command_line():
     import subprocess
     import sys
@@ -486,7 +524,7 @@ def test_cli_sigterm_leaves_no_temporary_files(tmp_path):
     command = [sys.executable, "-c", "from tree_seg.cli.main import main; main()", "segment", str(raster),
                "-o", str(out), "--backbone", "texture", "--engine", "memory", "-q"]
 
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     # The output folder appears once the command runs, after main() has
     # installed its SIGTERM handler; a fixed delay raced with a slow start.
     deadline = time.monotonic() + 60
@@ -494,10 +532,11 @@ def test_cli_sigterm_leaves_no_temporary_files(tmp_path):
         time.sleep(0.05)
     time.sleep(1.0)
     process.send_signal(signal.SIGTERM)
-    code = process.wait(timeout=120)
+    _, errors = process.communicate(timeout=120)
+    code = process.returncode
 
     leftovers = sorted(path.name for path in out.glob(".*")) if out.exists() else []
-    assert code in (0, 128 + signal.SIGTERM)
+    assert code in (0, 128 + signal.SIGTERM), errors
     assert leftovers == []
     if code != 0:
         assert not (out / "big_head-refine_labels.tif").exists()

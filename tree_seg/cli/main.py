@@ -509,16 +509,29 @@ def profiles(profiles_file: p.ProfilesFileOption = None) -> None:
             typer.echo(f"  {section}: {settings}")
 
 
+_terminated_by: int | None = None
+"""The termination signal received, once SIGTERM has arrived."""
+
+
 def _exit_on_sigterm(signum: int, frame: Any) -> None:
     # SystemExit unwinds the stack, so the writers remove their temporary
     # files. The default SIGTERM action would leave them behind.
+    global _terminated_by
+    _terminated_by = signum
     raise SystemExit(128 + signum)
 
 
 def main() -> None:
     """Run the command line."""
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    app()
+    try:
+        app()
+    except Exception:
+        # A SystemExit raised while a C extension module initialises comes
+        # back as an ImportError, so the signal's exit code is restored here.
+        if _terminated_by is not None:
+            raise SystemExit(128 + _terminated_by) from None
+        raise
 
 
 if __name__ == "__main__":
