@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 
 import numpy as np
@@ -166,3 +167,16 @@ def test_unguarded_script_gets_main_guard_hint(tmp_path):
     assert completed.returncode == 1
     assert "ClusterStartError: failed to start the local Dask cluster" in completed.stderr
     assert 'if __name__ == "__main__":' in completed.stderr
+
+
+def test_two_workers_print_backbone_fallback_once(tile_crop, tmp_path):
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "tree_seg", "segment", str(tile_crop), "-o", str(tmp_path / "out"),
+               "--workers", "2", "--chunk-size", "256", "--k", "3", "--model", "kmeans", "--no-pictures", "-q"]
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=600,
+                               env={**os.environ, "HF_HUB_OFFLINE": "1"})
+
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stderr.count("DINOv3 weights not found") == 1, completed.stderr

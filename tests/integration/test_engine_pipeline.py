@@ -21,7 +21,8 @@ from tree_seg.config import SegmentationConfig
 from tree_seg.core.segmentation import run_segmentation, segment
 from tree_seg.engine import build_feature_store, segment_many, segment_raster, tasks
 from tree_seg.engine.pipeline import _executor, _open_feature_store
-from tree_seg.exceptions import FeatureStoreMismatchError, InvalidInputError
+from tree_seg.engine.worker import clear_backbones
+from tree_seg.exceptions import BackboneFallbackWarning, FeatureStoreMismatchError, InvalidInputError
 from tree_seg.io.reader import open_raster
 
 TRANSFORM = from_origin(500000.0, 4600000.0, 0.25, 0.25)
@@ -239,6 +240,17 @@ def test_engine_chunk_size_capped_at_raster(pattern, tmp_path):
     assert result.metadata["engine"]["feature_chunks"] == 1
     assert zarr.open_array(result.label_store / "labels", mode="r").chunks == (480, 480)
     assert zarr.open_array(result.feature_store / "features", mode="r").chunks[:2] == (30, 30)
+
+def test_engine_reports_backbone_fallback_once(pattern, tmp_path):
+    # backbone "auto" falls back to texture without DINOv3 weights.
+    clear_backbones()
+    config = engine_config("kmeans", 128).with_updates({"backbone": {"name": "auto"}})
+
+    with pytest.warns(BackboneFallbackWarning) as caught:
+        result = run_engine(pattern, tmp_path, config)
+
+    assert len([w for w in caught if issubclass(w.category, BackboneFallbackWarning)]) == 1
+    assert result.metadata["backbone"]["name"] == "texture"
 
 def test_engine_nodata_pixels_255(pattern, tmp_path):
     result = run_engine(pattern, tmp_path, engine_config())

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -165,7 +166,10 @@ def _chunk_size(config: SegmentationConfig, source: RasterSource) -> int:
 def _open_feature_store(executor: Executor, source: RasterSource, config: SegmentationConfig,
                         store_path: Path) -> tuple[FeatureStore, tasks.FeatureTaskContext, dict[str, Any]]:
     feature_dtype = config.engine.feature_dtype
-    info = executor.run_on_each_worker(backbone_info, config.backbone, gpu=True)[0]
+    loaded = executor.run_on_each_worker(backbone_info, config.backbone, gpu=True)
+    info = loaded[0][0]
+    for category, message in dict.fromkeys(warning for _, found in loaded for warning in found):
+        warnings.warn(message, category, stacklevel=2)
     geometry = _geometry(source, config, int(info["patch_size"]))
     side = patch_chunk_side(_chunk_size(config, source), scale=geometry.scale, patch_size=geometry.patch_size,
                             window=config.window.window, overlap=config.window.overlap)

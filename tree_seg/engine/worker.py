@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import warnings
 from typing import Any
 
 from tree_seg.config import BackboneConfig
@@ -47,13 +48,25 @@ def get_backbone(config: BackboneConfig) -> Backbone:
     return backbone
 
 
-def backbone_info(config: BackboneConfig) -> dict[str, Any]:
-    """Load (or reuse) the backbone and return its :meth:`~tree_seg.models.base.Backbone.info`.
+def backbone_info(config: BackboneConfig) -> tuple[dict[str, Any], list[tuple[type[Warning], str]]]:
+    """Load (or reuse) the backbone and return its info and the warnings of the load.
 
-    The engine runs this as its first task, so the model is loaded in a worker
-    rather than in the client process.
+    The engine runs this as its first task on every worker, so the model is
+    loaded in the workers rather than in the client process. The warnings
+    (a fallback backbone, for example) come back to the client, which shows
+    each once, instead of every worker printing its own copy.
+
+    Returns
+    -------
+    info : dict
+        :meth:`~tree_seg.models.base.Backbone.info`.
+    warnings : list of (type, str)
+        Category and message of each warning raised while loading.
     """
-    return get_backbone(config).info()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        info = get_backbone(config).info()
+    return info, [(warning.category, str(warning.message)) for warning in caught]
 
 
 def backbone_load_count() -> int:
