@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 import time
 from pathlib import Path
 
@@ -57,6 +58,9 @@ def parse_arguments() -> argparse.Namespace:
     parser.add_argument("--prologue", action="append", default=[],
                         help="Shell line run before the worker starts, e.g. 'source ~/venvs/tree-seg/bin/activate'; "
                              "repeat for several lines.")
+    parser.add_argument("--python", default=None,
+                        help="Python that starts each worker [default: 'python' from the PATH that --prologue "
+                             "sets up, else this script's interpreter].")
     parser.add_argument("--profile", default="balanced", help="tree_seg preset from profiles.toml.")
     parser.add_argument("--chunk-size", type=int, default=2048, help="Chunk side in input pixels.")
     parser.add_argument("--serve", action="store_true", help="Keep the cluster up until Ctrl-C instead of segmenting.")
@@ -77,6 +81,9 @@ def make_cluster(arguments: argparse.Namespace) -> SLURMCluster:
         # The GPU resource makes the engine annotate feature tasks with GPU=1.
         worker_extra_args=["--resources", "GPU=1"] if gpu else [],
         job_script_prologue=arguments.prologue,
+        # After a prologue that activates an environment, the worker must use
+        # that environment's python, not the submitting machine's path.
+        python=arguments.python or ("python" if arguments.prologue else sys.executable),
         log_directory="dask-logs",
         scheduler_options={"dashboard_address": ":8787"},
     )

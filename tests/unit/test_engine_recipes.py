@@ -62,3 +62,32 @@ def test_readme_runs_cli_against_each_recipe():
     for script in SCRIPTS:
         assert script.name in readme
     assert readme.count("tree-seg segment --scheduler") >= 4
+
+
+def _load_script(name):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name.removesuffix(".py"), RECIPES / name)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(("extra", "python"), [
+    (["--prologue", "source ~/venvs/tree-seg/bin/activate"], "python"),
+    (["--prologue", "module load conda", "--python", "/opt/env/bin/python"], "/opt/env/bin/python"),
+])
+def test_slurm_recipe_worker_python_follows_prologue(monkeypatch, extra, python):
+    pytest.importorskip("dask_jobqueue", reason="dask-jobqueue is not installed")
+    slurm = _load_script("slurm_cluster.py")
+    monkeypatch.setattr("sys.argv", ["slurm_cluster.py", "--print-script", *extra])
+
+    cluster = slurm.make_cluster(slurm.parse_arguments())
+    try:
+        script = cluster.job_script()
+    finally:
+        cluster.close()
+
+    worker_line = next(line for line in script.splitlines() if "distributed.cli.dask_worker" in line)
+    assert worker_line.split()[0] == python
+    assert extra[1] in script
