@@ -487,11 +487,13 @@ _PROFILE_UNITS = {"window": "px", "overlap": "px", "target_resolution": "m", "co
 
 @app.command()
 def profiles(profiles_file: p.ProfilesFileOption = None) -> None:
-    """List the presets of --profile and their settings.
+    """List the presets of --profile and the settings each one sets.
 
-    Window, overlap and guide_stride are in pixels of the resampled image.
-    slic_size, collar_buffer and chunk_size are in input pixels,
-    target_resolution in ground metres, and elbow_threshold is a fraction.
+    A setting a preset leaves out keeps its default (see --help of segment).
+    Units, where a preset sets them: window, overlap and guide_stride in
+    pixels of the resampled image; slic_size, collar_buffer and chunk_size
+    in input pixels; target_resolution in ground metres; elbow_threshold as
+    a fraction.
     """
     from tree_seg.config import load_profile
 
