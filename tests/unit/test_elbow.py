@@ -106,3 +106,21 @@ def test_select_k_warning_keeps_small_threshold_in_percent():
 
     with pytest.warns(ElbowRangeWarning, match=r"fell below 0\.0005 \(0\.05%\)"):
         select_k(x, k_min=2, k_max=4, threshold=0.0005, seed=0, n_init=2)
+
+
+def test_select_k_stops_at_distinct_vectors(recwarn):
+    x = l2_normalize(np.repeat(np.eye(3, 8, dtype=np.float32), 20, axis=0))
+
+    result = select_k(x, k_min=2, k_max=6, threshold=0.05, seed=0)
+
+    assert result.ks == (2, 3)
+    assert result.k == 3
+    assert not result.hit_top_of_range
+    assert not [w for w in recwarn if issubclass(w.category, ElbowRangeWarning)]
+
+
+def test_select_k_uniform_sample_raises():
+    x = l2_normalize(np.ones((30, 8), dtype=np.float32))
+
+    with pytest.raises(InvalidInputError, match="only 1 distinct feature vector"):
+        select_k(x, k_min=2, k_max=6, threshold=0.05, seed=0)

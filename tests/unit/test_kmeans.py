@@ -129,3 +129,14 @@ def test_cluster_model_fewer_patches_than_k_names_k():
     sample = np.eye(4, dtype=np.float32)
     with pytest.raises(InvalidInputError, match="only 4 valid patches for K=6: use a smaller --k"):
         fit_cluster_model(sample, 4, ClusterConfig(k=6))
+
+
+def test_fit_kmeans_duplicates_fewer_than_k_raise():
+    # Two distinct vectors, each repeated: a third cluster would stay empty.
+    x = l2_normalize(np.repeat(np.eye(2, 8, dtype=np.float32), 20, axis=0))
+
+    with pytest.raises(kmeans.TooFewDistinctError, match="only 2 distinct feature vector") as error:
+        fit_kmeans(x, 3, seed=0)
+
+    assert error.value.distinct == 2
+    assert fit_kmeans(x, 2, seed=0).inertia == pytest.approx(0.0, abs=1e-6)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tree_seg.clustering.kmeans import KMeansFit, fit_kmeans
+from tree_seg.clustering.kmeans import KMeansFit, TooFewDistinctError, fit_kmeans
 from tree_seg.exceptions import ElbowRangeWarning, InvalidInputError
 
 __all__ = ["ElbowResult", "choose_elbow", "relative_drops", "select_k"]
@@ -139,13 +139,16 @@ def select_k(
     ElbowResult
         The chosen K is the K before the first K whose drop is below
         ``threshold``. When ``k_min == k_max`` that K is returned without a
-        search.
+        search. The search stops before a K that exceeds the number of
+        distinct vectors, so ``ks`` may end below ``k_max``.
 
     Raises
     ------
     InvalidInputError
         If the range is empty or reaches past the number of vectors, or the
         threshold is outside (0, 1).
+    TooFewDistinctError
+        If the vectors have fewer distinct values than ``k_min``.
 
     Warns
     -----
@@ -166,12 +169,23 @@ def select_k(
         raise InvalidInputError(f"invalid threshold={threshold!r}: expected a fraction in (0, 1)")
 
     start = time.perf_counter()
-    ks = tuple(range(k_min, k_max + 1))
-    fits = {k: fit_kmeans(x, k, seed=seed, n_init=n_init) for k in ks}
+    fits: dict[int, KMeansFit] = {}
+    for k in range(k_min, k_max + 1):
+        try:
+            fits[k] = fit_kmeans(x, k, seed=seed, n_init=n_init)
+        except TooFewDistinctError as error:
+            if not fits:
+                raise
+            # More clusters than distinct vectors would stay empty.
+            logger.info("elbow search stops at K=%d: the sample has only %d distinct feature vectors",
+                        k - 1, error.distinct)
+            break
+    ks = tuple(fits)
     inertias = np.array([fits[k].inertia for k in ks])
     drops = relative_drops(inertias)
 
     chosen, hit_top = choose_elbow(ks, inertias, threshold)
+    hit_top = hit_top and ks[-1] == k_max
     if hit_top:
         warnings.warn(
             f"no relative inertia drop fell below {threshold:.3g} ({threshold * 100:g}%) for K in {k_min}..{k_max}, "

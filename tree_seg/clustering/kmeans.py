@@ -10,20 +10,36 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 from sklearn.cluster import KMeans
+from sklearn.exceptions import ConvergenceWarning
 
 from tree_seg.exceptions import InvalidInputError
 
-__all__ = ["KMeansFit", "assign", "assign_patches", "fit_kmeans", "l2_normalize"]
+__all__ = ["KMeansFit", "TooFewDistinctError", "assign", "assign_patches", "fit_kmeans", "l2_normalize"]
 
 logger = logging.getLogger(__name__)
 
 # Rows per block in assign(), which bounds the temporary (rows, K) distance
 # matrix to a few MB.
 _ASSIGN_BLOCK_ROWS = 65536
+
+
+class TooFewDistinctError(InvalidInputError):
+    """The features have fewer distinct vectors than the requested K.
+
+    Attributes
+    ----------
+    distinct : int
+        Clusters that K-means could fill.
+    """
+
+    def __init__(self, message: str, *, distinct: int) -> None:
+        super().__init__(message)
+        self.distinct = distinct
 
 
 @dataclass(frozen=True)
@@ -105,6 +121,9 @@ def fit_kmeans(x: np.ndarray, k: int, *, seed: int, n_init: int = 4) -> KMeansFi
     InvalidInputError
         If ``x`` is not 2-D, contains non-finite values, or has fewer rows
         than ``k``.
+    TooFewDistinctError
+        If ``x`` has fewer than ``k`` distinct rows, so that clusters stay
+        empty.
     """
     x = _check_matrix("features", x)
     if not 1 <= k <= x.shape[0]:
@@ -117,7 +136,18 @@ def fit_kmeans(x: np.ndarray, k: int, *, seed: int, n_init: int = 4) -> KMeansFi
 
     start = time.perf_counter()
     model = KMeans(n_clusters=k, init="k-means++", n_init=n_init, random_state=seed)
-    labels = model.fit_predict(x)
+    with warnings.catch_warnings():
+        # scikit-learn warns when duplicate vectors leave clusters empty; the
+        # check below turns that into an error that names the fix.
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        labels = model.fit_predict(x)
+    distinct = int(np.unique(labels).size)
+    if distinct < k:
+        raise TooFewDistinctError(
+            f"only {distinct} distinct feature vector(s) among {x.shape[0]} patches, fewer than k={k}: the "
+            "raster looks uniform; lower --k (or the bottom of --k-range)",
+            distinct=distinct,
+        )
     fit = KMeansFit(
         centroids=model.cluster_centers_.astype(np.float32),
         inertia=float(model.inertia_),
