@@ -373,8 +373,8 @@ class LabelConfig:
         _check_range("slic_compactness", self.slic_compactness, low=0.0, low_inclusive=False)
 
 
-_SCHEDULER_ADDRESS = re.compile(r"(?:[a-z][a-z0-9+.-]*://)?[^\s/]+:\d+/?")
-"""A Dask scheduler address: an optional scheme, a host and a port."""
+_SCHEDULER_ADDRESS = re.compile(r"(?:(?:tcp|tls|ws|wss)://)?[^\s/]+:\d+/?|(?!(?:tcp|tls|ws|wss)://)[a-z][a-z0-9+.-]*://\S+")
+"""A Dask scheduler address: a host and port, with an optional network scheme, or another scheme's address."""
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -77,6 +77,7 @@ def test_config_to_dict_is_json_ready():
     assert '"method": "head-refine"' in text
 
 
-@pytest.mark.parametrize("address", ["synchronous", "tcp://scheduler:8786", "10.0.0.5:8786", "tls://[::1]:8786"])
+@pytest.mark.parametrize("address", ["synchronous", "tcp://scheduler:8786", "10.0.0.5:8786", "tls://[::1]:8786",
+                                     "inproc://10.0.0.5/1234/1", "ucx://10.0.0.5:13337"])
 def test_engine_config_accepts_scheduler_addresses(address):
     assert EngineConfig(scheduler=address).scheduler == address
