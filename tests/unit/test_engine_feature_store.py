@@ -114,7 +114,15 @@ def test_feature_store_mismatch_on_changed_input(tmp_path, raster):
     _create(tmp_path / "f.zarr", settings)
     stat = raster.stat()
     os.utime(raster, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
-    with pytest.raises(FeatureStoreMismatchError, match=r"input\.mtime_ns"):
+    with pytest.raises(FeatureStoreMismatchError, match="was modified \\(or touched\\) after feature store"):
+        _create(tmp_path / "f.zarr", _settings(raster))
+
+
+def test_feature_store_mismatch_on_rewritten_input(tmp_path, raster):
+    _create(tmp_path / "f.zarr", _settings(raster))
+    raster.write_bytes(raster.read_bytes() + b"0")
+
+    with pytest.raises(FeatureStoreMismatchError, match=r"input\.size_bytes: stored"):
         _create(tmp_path / "f.zarr", _settings(raster))
 
 

@@ -494,6 +494,11 @@ def _open_existing(path: Path) -> zarr.Group:
 
 def _mismatch_message(path: Path, stored: dict[str, Any], current: dict[str, Any]) -> str:
     differences = settings_differences(stored, current)
+    if [name for name, _, _ in differences] == ["input.mtime_ns"]:
+        # Size and header match, but a rewrite in place can keep both, so
+        # the store is not trusted.
+        return (f"the input {current['input']['path']} was modified (or touched) after feature store {path} was "
+                f"written: delete {path}{os.sep} or pass another --feature-store path to compute the features again")
     listed = "; ".join(f"{name}: stored {old!r}, now {new!r}" for name, old, new in differences[:4])
     more = f" and {len(differences) - 4} more" if len(differences) > 4 else ""
     return (f"feature store {path} was written with other settings ({listed}{more}): "
