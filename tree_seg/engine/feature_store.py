@@ -24,7 +24,7 @@ is complete, and a run killed midway redoes only the chunks not marked.
 Each window runs through the backbone once, in the chunk that owns it
 (:class:`~tree_seg.engine.layout.WindowOwnership`). A seam window, whose
 patches reach into other chunks, is computed first and kept in ``windows``
-until every chunk that blends it is done; then ``windows`` and
+until every chunk of the store is done; then ``windows`` and
 ``window_state`` are deleted. ``window_state`` has one zarr chunk per feature
 chunk, written after that chunk's seam windows, so a nonzero state means
 that the owner has finished.
