@@ -140,3 +140,25 @@ def test_fit_kmeans_duplicates_fewer_than_k_raise():
 
     assert error.value.distinct == 2
     assert fit_kmeans(x, 2, seed=0).inertia == pytest.approx(0.0, abs=1e-6)
+
+
+def test_fit_cluster_model_uniform_sample_raises():
+    from tree_seg.clustering.model import fit_cluster_model
+    from tree_seg.config import ClusterConfig
+
+    sample = l2_normalize(np.ones((50, 16), dtype=np.float32) + np.float32(1e-9) * np.arange(16, dtype=np.float32))
+
+    with pytest.raises(InvalidInputError, match="the raster looks uniform"):
+        fit_cluster_model(sample, 50, ClusterConfig(k=3))
+
+
+def test_fit_cluster_model_two_surfaces_fit():
+    from tree_seg.clustering.model import fit_cluster_model
+    from tree_seg.config import ClusterConfig
+
+    sample = l2_normalize(np.repeat(np.eye(2, 16, dtype=np.float32), 25, axis=0))
+
+    model = fit_cluster_model(sample, 50, ClusterConfig(k=2))
+
+    assert model.k == 2
+    assert model.inertia == pytest.approx(0.0, abs=1e-6)
