@@ -120,6 +120,23 @@ def test_segment_head_refine_returns_responsibilities(tmp_path):
     assert json.loads(result.attrs["metadata"])["head_refine"]["converged"] is None
 
 
+def test_segment_dataset_with_nodata_saves_as_zarr(tmp_path):
+    path = _write_raster(tmp_path / "raster.tif", 160, 160)
+    with rasterio.open(path, "r+") as dst:
+        dst.nodata = 0
+        data = dst.read()
+        data[:, :40, :] = 0
+        dst.write(data)
+    result = segment(path, TEXTURE.with_updates({"method": "head-refine", "head_refine": {"iterations": 3}}))
+
+    result.to_zarr(tmp_path / "result.zarr", consolidated=False)
+    reopened = xr.open_zarr(tmp_path / "result.zarr", mask_and_scale=False, consolidated=False)
+
+    assert reopened["labels"].dtype == np.uint8
+    assert int((reopened["labels"].values == 255).sum()) == int((result["labels"].values == 255).sum()) > 0
+    assert json.loads(reopened.attrs["metadata"])["k"] == result.attrs["k"]
+
+
 def test_segment_dataset_saves_as_netcdf(tmp_path):
     path = _write_raster(tmp_path / "raster.tif", 160, 160)
     config = TEXTURE.with_updates({"method": "head-refine", "head_refine": {"iterations": 3}})

@@ -548,7 +548,10 @@ def segment(
         ``m_steps``, ``converged`` (left out when no M-step ran) and
         ``fell_back``, as in the metadata. ``attrs["metadata"]`` holds the
         full run record (configuration, backbone, timings) as JSON text
-        (``json.loads`` reads it), so that ``to_netcdf`` can store it.
+        (``json.loads`` reads it), so that ``to_zarr`` and ``to_netcdf``
+        can store it. netCDF3, the format of xarray's built-in scipy
+        writer, has no uint8, so ``to_netcdf`` of labels with nodata needs
+        the netCDF4 or h5netcdf package.
     responsibilities : xarray.DataArray of shape (cluster, y, x), float32
         Only with ``return_scores=True``, as the second item of a tuple. The
         probability in [0, 1] that each cell belongs to each cluster, on the
