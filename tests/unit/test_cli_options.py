@@ -16,6 +16,8 @@ from tree_seg.cli.options import flag_names
     ("invalid device='cuda': use device='cpu'", "invalid --device cuda: use --device cpu"),
     ("invalid method='foo': expected kmeans", "invalid --model foo: expected kmeans"),
     ("pass --weights DIR / BackboneConfig(weights=DIR)", "pass --weights DIR / BackboneConfig(weights=DIR)"),
+    ("invalid scheduler='': expected 'synchronous'", "invalid --scheduler '': expected 'synchronous'"),
+    ("invalid scheduler='synchronous ': expected", "invalid --scheduler 'synchronous ': expected"),
 ])
 def test_flag_names_rewrites_fields(message, expected):
     assert flag_names(message) == expected

@@ -39,6 +39,9 @@ def flag_names(message: str) -> str:
     def option(match: re.Match[str]) -> str:
         field, value, quoted = match.group(1), match.group(2), match.group(3)
         flag = _OPTIONS.get(field, "--" + field.replace("_", "-"))
+        if quoted is not None and (not quoted or quoted != quoted.strip()):
+            # An empty value, or one with outer spaces, stays visible in quotes.
+            return f"{flag} {value}"
         return f"{flag} {quoted if quoted is not None else value}"
 
     message = _SECTION_FIELD.sub(lambda match: "--" + match.group(1).replace("_", "-"), message)

@@ -170,7 +170,9 @@ def open_client(
         logger.info("Connecting to the Dask scheduler at %s", engine.scheduler)
         try:
             connected = Client(engine.scheduler)
-        except OSError as error:
+        except (OSError, ValueError, TypeError) as error:
+            # distributed raises ValueError for an inproc:// address of another
+            # process and TypeError for a transport it cannot load, such as ucx://.
             raise ClusterStartError(f"failed to connect to the Dask scheduler at {engine.scheduler} ({error}): check "
                                     "that it runs and that the address is right, or drop --scheduler") from error
         with connected as client:
