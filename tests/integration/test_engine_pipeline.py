@@ -252,6 +252,22 @@ def test_engine_reports_backbone_fallback_once(pattern, tmp_path):
     assert len([w for w in caught if issubclass(w.category, BackboneFallbackWarning)]) == 1
     assert result.metadata["backbone"]["name"] == "texture"
 
+def test_engine_interrupted_rerun_leaves_no_old_labels(pattern, tmp_path, monkeypatch):
+    first = run_engine(pattern, tmp_path, engine_config("kmeans", 128))
+    assert first.labels_path.is_file()
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("tree_seg.engine.passes.label_pass", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_engine(pattern, tmp_path, engine_config("kmeans", 128, cluster={"k": 3}))
+
+    # The label store was being rewritten, so the old raster must not look finished.
+    assert not first.labels_path.exists()
+    assert not first.metadata_path.exists()
+    assert (tmp_path / "pattern_features.zarr").is_dir()
+
 def test_engine_nodata_pixels_255(pattern, tmp_path):
     result = run_engine(pattern, tmp_path, engine_config())
     labels = read_labels(result.labels_path)

@@ -369,6 +369,9 @@ def _segment(executor: Executor, source_path: Path, outdir: Path, config: Segmen
         model = passes.fit_sample(sample, n_valid, config.cluster)
 
     outputs = OutputManager(outdir, source.stem, method_label(config.method, config.labels.refine))
+    # The label store is rewritten from here on, so an earlier run's label
+    # raster and pictures would no longer match it if this run stops early.
+    outputs.remove_existing()
     label_store = LabelStore.create(outputs.path("labels", "zarr"), shape=geometry.input_shape,
                                     chunk_size=_chunk_size(config, source),
                                     crs_wkt=None if source.crs is None else source.crs.to_wkt(),
