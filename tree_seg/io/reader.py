@@ -366,6 +366,13 @@ def _scaling(dtype: np.dtype, values: np.ndarray) -> tuple[np.ndarray, np.ndarra
         return offset, np.ones(bands, dtype=np.float32)
     if np.nanmin(finite) >= 0 and np.nanmax(finite) <= 1:
         return offset, np.ones(bands, dtype=np.float32)
+    whole = finite[np.isfinite(finite)]
+    if np.nanmin(finite) >= 0 and np.array_equal(whole, np.round(whole)):
+        # Whole numbers are integer data stored as floats, e.g. by rioxarray's
+        # masked=True, and keep the scale their integer dtype would get.
+        top = next((level for level in (255.0, 4095.0, 65535.0) if np.nanmax(finite) <= level), None)
+        if top is not None:
+            return offset, np.full(bands, top, dtype=np.float32)
 
     # Other data get a 2-98% stretch per band, which ignores outliers.
     low = np.nanpercentile(finite, 2, axis=1)
@@ -571,6 +578,9 @@ def open_raster(
     Scaling to [0, 1] is fixed here for every later read. uint8 is divided
     by 255. uint16 is divided by 4095 when the sample's maximum is at most
     4095 (12-bit data), and by 65535 otherwise. Float data in [0, 1] is kept.
+    Float data whose sample holds only whole numbers from 0 to 65535, such
+    as 8-bit data that rioxarray's ``masked=True`` turned into floats, is
+    divided by the smallest of 255, 4095 and 65535 at or above its maximum.
     Other data get a per-band 2nd-98th percentile stretch of the valid
     sample pixels.
 
