@@ -370,9 +370,9 @@ def _scaling(dtype: np.dtype, values: np.ndarray) -> tuple[np.ndarray, np.ndarra
     if np.nanmin(finite) >= 0 and np.array_equal(whole, np.round(whole)):
         # Whole numbers are integer data stored as floats, e.g. by rioxarray's
         # masked=True, and keep the scale their integer dtype would get.
-        top = next((level for level in (255.0, 4095.0, 65535.0) if np.nanmax(finite) <= level), None)
-        if top is not None:
-            return offset, np.full(bands, top, dtype=np.float32)
+        level = next((level for level in (255.0, 4095.0, 65535.0) if np.nanmax(finite) <= level), None)
+        if level is not None:
+            return offset, np.full(bands, level, dtype=np.float32)
 
     # Other data get a 2-98% stretch per band, which ignores outliers.
     low = np.nanpercentile(finite, 2, axis=1)
