@@ -373,8 +373,20 @@ class LabelConfig:
         _check_range("slic_compactness", self.slic_compactness, low=0.0, low_inclusive=False)
 
 
-_SCHEDULER_ADDRESS = re.compile(r"(?:(?:tcp|tls|ws|wss)://)?[^\s/]+:\d+/?|(?!(?:tcp|tls|ws|wss)://)[a-z][a-z0-9+.-]*://\S+")
-"""A Dask scheduler address: a host and port, with an optional network scheme, or another scheme's address."""
+_HOST_AND_PORT = re.compile(r"[^\s/]+:\d+/?")
+_OTHER_SCHEME = re.compile(r"[a-z][a-z0-9+.-]*://\S+")
+
+
+def _is_scheduler_address(address: str) -> bool:
+    # Network addresses (bare, tcp, tls, ws, wss) need a port, which
+    # distributed requires; other schemes, such as inproc://, are taken as
+    # they are.
+    scheme, separator, rest = address.partition("://")
+    if not separator:
+        return bool(_HOST_AND_PORT.fullmatch(address))
+    if scheme in ("tcp", "tls", "ws", "wss"):
+        return bool(_HOST_AND_PORT.fullmatch(rest))
+    return bool(_OTHER_SCHEME.fullmatch(address))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -394,8 +406,9 @@ class EngineConfig:
         Zarr store for patch features; ``None`` puts it in the output folder.
     feature_dtype : {"float16", "float32"}, default="float16"
         dtype of the stored features. float16 halves the store's disk and
-        reads; its rounding can move the elbow's K by one against the
-        in-memory pipeline, which float32 reproduces exactly.
+        reads, but its rounding changes the K-means fit a little, so labels,
+        and on some rasters the elbow's K, differ from the in-memory
+        pipeline. float32 reproduces that pipeline exactly.
     """
 
     chunk_size: int = 2048
@@ -407,8 +420,7 @@ class EngineConfig:
     def __post_init__(self) -> None:
         _check_int("chunk_size", self.chunk_size, low=64, high=65536)
         _check_choice("feature_dtype", self.feature_dtype, get_args(FeatureDtype))
-        if self.scheduler is not None and self.scheduler != "synchronous" and not _SCHEDULER_ADDRESS.fullmatch(
-                self.scheduler):
+        if self.scheduler not in (None, "synchronous") and not _is_scheduler_address(str(self.scheduler)):
             raise ConfigurationError(f"invalid scheduler={self.scheduler!r}: expected 'synchronous' or a scheduler "
                                      "address with a port, such as tcp://HOST:8786")
         if self.workers is not None:

@@ -198,7 +198,7 @@ def test_cli_dask_engine_synchronous_matches_memory(tmp_path):
 
 
 
-def test_cli_feature_dtype_float32_reproduces_memory_engine(tmp_path):
+def test_cli_float32_store_matches_memory(tmp_path):
     source = _write_crop(tmp_path / "crop.tif")
     common = ["--backbone", "texture", "--scale", "1", "--k-range", "2:8", "--elbow-threshold", "10", "--no-pictures", "--no-progress"]
     memory = _invoke("segment", str(source), "-o", str(tmp_path / "memory"), "--engine", "memory", *common)

@@ -136,7 +136,7 @@ def test_engine_kmeans_matches_in_memory(pattern, tmp_path):
     assert differing == 0
 
 
-def test_engine_float32_store_matches_in_memory_elbow(pattern, tmp_path):
+def test_engine_float32_store_keeps_elbow(pattern, tmp_path):
     # The elbow picks K on the sample, so only a float32 store, read back
     # without rounding, promises the in-memory K on every raster.
     config = engine_config("kmeans", 128, cluster={"k": None, "k_min": 2, "k_max": 8, "elbow_threshold": 0.1})

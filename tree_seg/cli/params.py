@@ -71,7 +71,7 @@ VerboseOption = Annotated[int, typer.Option("--verbose", "-v", count=True, show_
 
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors.")]
 
-EngineOption = Annotated[str, typer.Option("--engine", help="Execution: dask (chunked, on a Dask cluster, with a resumable feature store), memory (the whole raster in this process), or auto: dask when any input is larger than one chunk or a Dask option (--workers, --chunk-size, --scheduler, --feature-store) is given, else memory.")]
+EngineOption = Annotated[str, typer.Option("--engine", help="Execution: dask (chunked, on a Dask cluster, with a resumable feature store), memory (the whole raster in this process), or auto: dask when any input is larger than one chunk or a Dask option (--workers, --chunk-size, --scheduler, --feature-store, --feature-dtype) is given, else memory.")]
 
 WorkersOption = Annotated[int | None, typer.Option(help="Worker processes of the local Dask cluster (1-4096). [default: sized to the machine]", show_default=False)]
 
@@ -81,6 +81,6 @@ SchedulerOption = Annotated[str | None, typer.Option(help="Address of a running 
 
 FeatureStoreOption = Annotated[Path | None, typer.Option(help="Zarr feature store: a .zarr path, or a folder for <stem>_features.zarr; a rerun with the same settings reuses it. [default: OUTDIR/<stem>_features.zarr]", show_default=False)]
 
-FeatureDtypeOption = Annotated[str | None, typer.Option(help="dtype of the feature store: float16 (half the disk) or float32, which reproduces --engine memory exactly; float16 rounding can move the elbow's K by one. [default: float16]", show_default=False)]
+FeatureDtypeOption = Annotated[str | None, typer.Option(help="dtype of the feature store: float16 (half the disk) or float32, which reproduces --engine memory exactly; float16 rounding changes the K-means fit a little, so labels and even the elbow's K can differ. [default: float16]", show_default=False)]
 
 ProgressOption = Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bars of the Dask engine passes and of weight loading.")]

@@ -137,7 +137,7 @@ def fit_kmeans(x: np.ndarray, k: int, *, seed: int, n_init: int = 4) -> KMeansFi
     start = time.perf_counter()
     model = KMeans(n_clusters=k, init="k-means++", n_init=n_init, random_state=seed)
     with warnings.catch_warnings():
-        # scikit-learn warns when duplicate vectors leave clusters empty; the
+        # scikit-learn warns when duplicate vectors leave clusters empty. The
         # check below turns that into an error that names the fix.
         warnings.simplefilter("ignore", ConvergenceWarning)
         labels = model.fit_predict(x)

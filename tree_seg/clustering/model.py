@@ -25,8 +25,9 @@ logger = logging.getLogger(__name__)
 UNIFORM_SPREAD = 1e-10
 """Mean squared distance of unit feature vectors to their mean below which a sample counts as uniform.
 
-A constant raster gave about 1e-16 with the texture backbone (rounding in the window
-blend), real imagery 0.1 to 0.5.
+With the texture backbone a constant raster gave about 1e-16 (rounding in
+the window blend), a raster of two flat colours 0.18, and the bundled
+OAM-TCD tile 0.22.
 """
 
 

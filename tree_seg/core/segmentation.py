@@ -419,7 +419,7 @@ class SegmentationRun:
             self.source, self.labels, model=self.model, config=self.config, grid=self.grid,
             refinement=self.refinement,
         )
-        # JSON text rather than a dict, so that to_netcdf can store it.
+        # JSON text rather than a dict, because netCDF attributes cannot be dicts.
         dataset.attrs["metadata"] = to_json(self.metadata())
         return dataset
 

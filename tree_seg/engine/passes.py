@@ -82,21 +82,25 @@ def feature_pass(executor: Executor, context: tasks.FeatureTaskContext, *,
         Windows that went through the backbone in this call.
     """
     store = context.store
-    pending = store.pending_blocks()
+    not_done = store.pending_blocks()
+    pending = not_done
     if blocks is not None:
         requested = {block.index for block in blocks}
-        pending = [block for block in pending if block.index in requested]
+        pending = [block for block in not_done if block.index in requested]
     total = len(store.blocks())
     logger.info("Feature pass: %d of %d chunks to compute (%d already in %s)", len(pending), total,
-                total - len(store.pending_blocks()), store.path)
+                total - len(not_done), store.path)
     windows = 0
     if pending:
         ownership = context.ownership
         store.create_window_arrays(ownership)
         states = store.window_states()
-        owners = {ownership.owner(origin) for block in pending
-                  for origin in context.geometry.window_grid().windows_touching(block.rows, block.cols)
-                  if ownership.is_seam(origin) and states[ownership.index(origin)] == WINDOW_PENDING}
+        # The chunks that own a seam window a pending chunk needs, unless stored already.
+        owners = set()
+        for block in pending:
+            for origin in ownership.grid.windows_touching(block.rows, block.cols):
+                if ownership.is_seam(origin) and states[ownership.index(origin)] == WINDOW_PENDING:
+                    owners.add(ownership.owner(origin))
         seam_blocks = [block for block in store.blocks() if block.index in owners]
         windows += sum(executor.map(tasks.seam_chunk, seam_blocks, context, description="seam windows", gpu=True))
         windows += sum(executor.map(tasks.feature_chunk, pending, context, description="features", gpu=True))

@@ -178,7 +178,7 @@ def seam_chunk(context: FeatureTaskContext, block: Block) -> int:
         read_rows, read_cols = kernels.window_read_bounds(grid, seams)
         image, valid_pixels = read_resampled(context.source, context.geometry, read_rows, read_cols)
         with_data = windows_with_data(kernels.BlockReader(valid_pixels[None], read_rows, read_cols), grid, seams)
-        empty = [origin for origin in seams if origin not in set(with_data)]
+        empty = sorted(set(seams) - set(with_data))
         computed = iter_window_features(kernels.BlockReader(image, read_rows, read_cols), grid,
                                         get_backbone(context.backbone), with_data, batch_size=context.batch_size)
 
@@ -242,7 +242,7 @@ def feature_chunk(context: FeatureTaskContext, block: Block) -> int:
     valid = patch_validity(chunk_valid, geometry.patch_size)
 
     context.store.write_block(block, kernels.normalise_features(features, context.feature_dtype), valid)
-    logger.debug("features of chunk %s: %d valid of %d patches, %d windows computed, %d read from the store",
+    logger.debug("features of chunk %s: %d valid of %d patches, %d windows computed, %d seam windows blended",
                  block.index, int(valid.sum()), valid.size, len(computed), len(seams))
     return len(computed)
 
