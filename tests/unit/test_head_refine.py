@@ -206,6 +206,22 @@ def test_e_step_products_match_the_matrix_product(rng, shape):
     torch.testing.assert_close(out.double(), expected.reshape(*shape, 6), atol=1e-5, rtol=1e-6)
 
 
+def test_e_step_softmax_matches_float64_and_survives_huge_logits(rng):
+    from tree_seg.clustering.head_refine import _softmax_last
+
+    logits = torch.as_tensor(rng.normal(size=(5, 7, 8)) * 3.0, dtype=torch.float32)
+    # Spreads of 1e4 make exp() overflow unless each patch's largest logit
+    # is subtracted first.
+    logits[0, 0] = torch.tensor([1e4, -1e4, 0.0, 5e3, 1e4 - 1.0, -3.0, 2.0, 1.0])
+
+    expected = torch.softmax(logits.double(), dim=-1)
+    out = _softmax_last(logits.clone())
+
+    assert out.dtype == torch.float32 and out.shape == (5, 7, 8)
+    torch.testing.assert_close(out.double(), expected, atol=1e-6, rtol=1e-5)
+    assert out[0, 0, 0] == pytest.approx(1.0 / (1.0 + math.exp(-1.0)), rel=1e-6)
+
+
 def test_em_chunk_statistics_match_float64_sums(rng):
     # 65 x 127 patches: two full blocks of the batched M-step product and a rest.
     features = l2_normalize(rng.normal(size=(65, 127, 12)))
