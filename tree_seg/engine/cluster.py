@@ -167,7 +167,11 @@ def open_client(
         return
 
     if engine.scheduler is not None:
-        logger.info("Connecting to the Dask scheduler at %s", engine.scheduler)
+        # distributed retries a refused connection until this timeout, so a
+        # scheduler that is still starting (as in a batch script) is found.
+        timeout = dask.config.get("distributed.comm.timeouts.connect")
+        logger.info("Connecting to the Dask scheduler at %s (waiting up to %s, the Dask setting "
+                    "distributed.comm.timeouts.connect)", engine.scheduler, timeout)
         try:
             connected = Client(engine.scheduler)
         except (OSError, ValueError, TypeError) as error:
