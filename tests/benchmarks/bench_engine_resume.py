@@ -22,7 +22,10 @@ from tree_seg.engine.worker import clear_backbones
 
 pytestmark = [pytest.mark.benchmark, pytest.mark.shared_data]
 
-MIN_SPEED_UP = 5.0
+# Share of the first run's feature pass that the rerun must save. The
+# overall speed-up depends on how fast the backbone is: 8.3x where the
+# feature pass took 6 s of 7 s, 3.1x where it took 2 s of 3 s.
+MIN_SAVED_SHARE = 0.8
 
 
 def test_engine_rerun_reuses_feature_store(shared_data, dinov2_weights, tmp_path):
@@ -53,4 +56,5 @@ def test_engine_rerun_reuses_feature_store(shared_data, dinov2_weights, tmp_path
     assert second.metadata["engine"]["feature_chunks_computed"] == 0
     with rasterio.open(first.labels_path) as a, rasterio.open(second.labels_path) as b:
         assert (a.read(1) == b.read(1)).all()
-    assert first_seconds >= MIN_SPEED_UP * second_seconds
+    assert second.timings["features"] < 0.05 * first.timings["features"]
+    assert first_seconds - second_seconds >= MIN_SAVED_SHARE * first.timings["features"]
