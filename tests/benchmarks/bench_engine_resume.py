@@ -23,8 +23,8 @@ from tree_seg.engine.worker import clear_backbones
 pytestmark = [pytest.mark.benchmark, pytest.mark.shared_data]
 
 # Share of the first run's feature pass that the rerun must save. The
-# overall speed-up depends on how fast the backbone is: 8.3x where the
-# feature pass took 6 s of 7 s, 3.1x where it took 2 s of 3 s.
+# overall speed-up depends on the backbone's speed: 8.3x on an earlier
+# machine, 3.1x on one where the feature pass took 2 s of a 3 s first run.
 MIN_SAVED_SHARE = 0.8
 
 

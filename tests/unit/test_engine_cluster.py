@@ -114,14 +114,14 @@ def test_run_on_each_worker_without_client_runs_here():
     assert Executor(None, progress=False).run_on_each_worker(_pair, 1, 2) == [(1, 2)]
 
 
-def test_open_client_unreachable_scheduler_names_address_and_wait(caplog):
+def test_unreachable_scheduler_names_address_and_wait(caplog):
     caplog.set_level(logging.INFO, logger="tree_seg.engine.cluster")
     with dask.config.set({"distributed.comm.timeouts.connect": "1s"}):
         with pytest.raises(ClusterStartError, match=r"failed to connect to the Dask scheduler at tcp://127\.0\.0\.1:1 "):
             with open_client(EngineConfig(scheduler="tcp://127.0.0.1:1")):
                 pass
 
-    # The log says how long a refused connection is retried.
+    # The log gives how long a refused connection is retried.
     assert "tcp://127.0.0.1:1 (waiting up to 1s" in caplog.text
 
 
