@@ -246,3 +246,21 @@ def test_open_client_address_stops_forwarding_on_exit(gpu_client, caplog):
     assert "tree_seg-log-level" in during
     assert any(name.startswith("forward-logging-tree_seg") for name in during)
     assert not any(name.startswith(("tree_seg-log-level", "forward-logging")) for name in after)
+
+
+def test_heartbeat_plugin_drops_only_heartbeat_failures():
+    from tree_seg.engine.cluster import _HeartbeatFailuresHidden
+
+    def record(message):
+        return logging.LogRecord("distributed.worker", logging.ERROR, __file__, 1, message, None, None)
+
+    worker_logger = logging.getLogger("distributed.worker")
+    plugin = _HeartbeatFailuresHidden()
+    plugin.setup(worker=None)
+    try:
+        assert not worker_logger.filter(record("Failed to communicate with scheduler during heartbeat."))
+        assert worker_logger.filter(record("Compute Failed"))
+    finally:
+        plugin.teardown(worker=None)
+
+    assert worker_logger.filter(record("Failed to communicate with scheduler during heartbeat."))

@@ -11,6 +11,7 @@ import logging
 import os
 import signal
 import threading
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -106,7 +107,10 @@ def run_batch_dask(
     except KeyboardInterrupt:
         # The Dask client's cancelled tasks are collected while the process
         # exits, and asyncio would log each as an unretrieved exception.
+        # Zarr calls that the interrupt cut short leave coroutines that
+        # Python warns about when it collects them.
         logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+        warnings.filterwarnings("ignore", message="coroutine .* was never awaited", category=RuntimeWarning)
         typer.echo("\ninterrupted: inputs with a _labels.tif are complete; run the same command again to resume "
                    "the others from their feature stores", err=True)
         raise typer.Exit(code=130) from None

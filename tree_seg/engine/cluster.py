@@ -57,6 +57,9 @@ _LOG_LEVEL_PLUGIN = "tree_seg-log-level"
 _CANCELLED_TASKS_PLUGIN = "tree_seg-quiet-cancelled-tasks"
 """Name of the worker plugin that hides the warnings about cancelled tasks."""
 
+_HEARTBEAT_PLUGIN = "tree_seg-quiet-heartbeat-failures"
+"""Name of the worker plugin that hides failed heartbeats to a closed scheduler."""
+
 _TRIM_THRESHOLD_KEY = "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_"
 """Dask setting whose None value leaves glibc's trim threshold unset in local workers.
 
@@ -215,7 +218,8 @@ def open_client(
     # about each lost task and key. After an interrupt these warnings are
     # expected, so they are hidden until the cluster is closed.
     dask_logger = logging.getLogger("distributed")
-    level = dask_logger.level
+    asyncio_logger = logging.getLogger("asyncio")
+    levels = dask_logger.level, asyncio_logger.level
     try:
         with cluster, Client(cluster) as client:
             logger.info("Dask dashboard: %s", client.dashboard_link)
@@ -224,14 +228,23 @@ def open_client(
             # already reports the cause.
             client.register_plugin(_LogLevel("distributed.worker.state_machine", logging.ERROR),
                                    name=_CANCELLED_TASKS_PLUGIN)
+            # When an interrupt closes the cluster, the scheduler can close
+            # before a worker's next heartbeat, which the worker then logs
+            # with a traceback. The scheduler runs in this process, so a
+            # failed heartbeat can only mean that it is closing.
+            client.register_plugin(_HeartbeatFailuresHidden(), name=_HEARTBEAT_PLUGIN)
             try:
                 with _debug_logs_forwarded(client):
                     yield client
             except KeyboardInterrupt:
+                # The client's cancelled gathers end as asyncio tasks whose
+                # AllExit exception is never retrieved, which asyncio logs.
                 dask_logger.setLevel(logging.ERROR)
+                asyncio_logger.setLevel(logging.CRITICAL)
                 raise
     finally:
-        dask_logger.setLevel(level)
+        dask_logger.setLevel(levels[0])
+        asyncio_logger.setLevel(levels[1])
 
 
 class _LogLevel(WorkerPlugin):
@@ -249,6 +262,21 @@ class _LogLevel(WorkerPlugin):
 
     def teardown(self, worker: Any) -> None:
         logging.getLogger(self.name).setLevel(self.previous)
+
+
+class _HeartbeatFailuresHidden(WorkerPlugin):
+    # Drops the worker's "Failed to communicate with scheduler during
+    # heartbeat" records, and only those, in every worker process.
+
+    def setup(self, worker: Any) -> None:
+        logging.getLogger("distributed.worker").addFilter(_drop_heartbeat_failures)
+
+    def teardown(self, worker: Any) -> None:
+        logging.getLogger("distributed.worker").removeFilter(_drop_heartbeat_failures)
+
+
+def _drop_heartbeat_failures(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith("Failed to communicate with scheduler during heartbeat")
 
 
 @contextmanager
