@@ -233,6 +233,46 @@ def test_weights_file_absent(vits16_checkpoint: Path, tmp_path: Path) -> None:
         load_backbone(BackboneConfig(name="dinov3_vits16", weights=tmp_path / "config_only"))
 
 
+def test_weights_path_is_a_file(vits16_checkpoint: Path) -> None:
+    with pytest.raises(WeightsNotFoundError, match=r"weights path .*model\.safetensors for dinov3_vits16 is a file"):
+        load_backbone(BackboneConfig(name="dinov3_vits16", weights=vits16_checkpoint / "model.safetensors"))
+
+
+def test_truncated_weights_file_names_it(vits16_checkpoint: Path, tmp_path: Path) -> None:
+    folder = shutil.copytree(vits16_checkpoint, tmp_path / "cut")
+    data = (folder / "model.safetensors").read_bytes()
+    (folder / "model.safetensors").write_bytes(data[:100_000])
+
+    with pytest.raises(WeightsMismatchError, match=r"weights file .*cut.model\.safetensors could not be read "
+                                                   r"\(SafetensorError: .*download it again"):
+        load_backbone(BackboneConfig(name="dinov3_vits16", weights=folder))
+
+
+def test_truncated_pytorch_bin_names_it(tmp_path: Path) -> None:
+    folder = _save_dinov3(tmp_path / "bin", **TINY)
+    state = load_file(str(folder / "model.safetensors"))
+    (folder / "model.safetensors").unlink()
+    torch.save(state, folder / "pytorch_model.bin")
+    data = (folder / "pytorch_model.bin").read_bytes()
+    (folder / "pytorch_model.bin").write_bytes(data[: len(data) // 2])
+
+    with pytest.raises(WeightsMismatchError, match=r"weights file .*pytorch_model\.bin could not be read"):
+        HFBackbone(_tiny_spec(), weights=folder, device="cpu")
+
+
+@pytest.mark.parametrize("text, message", [
+    ("{}", r"config\.json gives model_type None, which is not a DINOv3 or DINOv2 backbone"),
+    ("{not json", r"config\.json is not valid JSON .*download the checkpoint again"),
+    ("[1, 2]", r"config\.json gives model_type None"),
+])
+def test_bad_config_json_names_the_file(vits16_checkpoint: Path, tmp_path: Path, text: str, message: str) -> None:
+    folder = shutil.copytree(vits16_checkpoint, tmp_path / "bad_config")
+    (folder / "config.json").write_text(text, encoding="utf-8")
+
+    with pytest.raises(ConfigurationError, match=message):
+        load_backbone(BackboneConfig(name="dinov3_vits16", weights=folder))
+
+
 def _empty_hf_cache(monkeypatch: pytest.MonkeyPatch, folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     monkeypatch.setenv("HF_HOME", str(folder))

@@ -66,6 +66,11 @@ def _download_hint(spec: BackboneSpec) -> str:
 def _find_folder(spec: BackboneSpec, weights: Path | None) -> Path:
     if weights is not None:
         folder = Path(weights).expanduser()
+        if folder.is_file():
+            raise WeightsNotFoundError(
+                f"weights path {folder} for {spec.name} is a file: pass the folder that holds it, with "
+                "config.json and model.safetensors"
+            )
         if not folder.is_dir():
             raise WeightsNotFoundError(
                 f"weights folder {folder} for {spec.name} not found: pass a folder with config.json "
@@ -123,13 +128,21 @@ def _checkpoint_shapes(files: list[Path]) -> dict[str, tuple[int, ...]]:
     """Read tensor names and shapes; safetensors headers are read without the data."""
     shapes: dict[str, tuple[int, ...]] = {}
     for path in files:
-        if path.suffix == ".safetensors":
-            with safe_open(str(path), framework="pt") as handle:
-                for key in handle.keys():
-                    shapes[key] = tuple(handle.get_slice(key).get_shape())
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-            shapes.update({key: tuple(tensor.shape) for key, tensor in state.items()})
+        try:
+            if path.suffix == ".safetensors":
+                with safe_open(str(path), framework="pt") as handle:
+                    for key in handle.keys():
+                        shapes[key] = tuple(handle.get_slice(key).get_shape())
+            else:
+                state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+                shapes.update({key: tuple(tensor.shape) for key, tensor in state.items()})
+        except Exception as error:
+            # safetensors raises its own SafetensorError, and torch.load a
+            # RuntimeError, EOFError or UnpicklingError, for a cut-off file.
+            raise WeightsMismatchError(
+                f"weights file {path} could not be read ({type(error).__name__}: {error}): it is probably "
+                "truncated or damaged, so download it again"
+            ) from error
     return shapes
 
 
@@ -205,12 +218,15 @@ def _load_config(folder: Path, spec: BackboneSpec) -> tuple[PretrainedConfig, ty
     config_path = folder / "config.json"
     if not config_path.is_file():
         raise WeightsNotFoundError(f"config.json not found in {folder}: {_download_hint(spec)}")
-    raw = json.loads(config_path.read_text(encoding="utf-8"))
-    model_type = raw.get("model_type")
+    try:
+        raw = json.loads(config_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ConfigurationError(f"{config_path} is not valid JSON ({error}): download the checkpoint again") from error
+    model_type = raw.get("model_type") if isinstance(raw, dict) else None
 
     if model_type not in _MODEL_TYPES:
         raise ConfigurationError(
-            f"weights in {folder} are of model_type {model_type!r}, which is not a DINOv3 or DINOv2 "
+            f"{config_path} gives model_type {model_type!r}, which is not a DINOv3 or DINOv2 "
             f"backbone: expected one of {', '.join(map(repr, _MODEL_TYPES))}"
         )
     family, config_class, model_class = _MODEL_TYPES[model_type]
