@@ -37,6 +37,10 @@ class ClusterStartError(TreeSegError, RuntimeError):
     """Error raised when the local Dask cluster cannot start, or a given scheduler cannot be reached."""
 
 
+class ClusterLostError(TreeSegError, RuntimeError):
+    """Error raised when the Dask scheduler goes away in the middle of a run."""
+
+
 class TreeSegWarning(UserWarning):
     """Base class of every tree_seg warning."""
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from pathlib import Path
 
 import dask
 import pytest
@@ -264,3 +265,44 @@ def test_heartbeat_plugin_drops_only_heartbeat_failures():
         plugin.teardown(worker=None)
 
     assert worker_logger.filter(record("Failed to communicate with scheduler during heartbeat."))
+
+
+class _FakeClient:
+    def __init__(self, status):
+        self.status = status
+        self.scheduler = type("Rpc", (), {"address": "tcp://127.0.0.1:8799"})()
+
+
+class _FakeExecutor:
+    def __init__(self, client):
+        self.client = client
+
+
+def test_lost_scheduler_ends_the_batch_in_one_line():
+    from tree_seg.engine.pipeline import _scheduler_lost
+    from tree_seg.exceptions import ClusterLostError
+
+    error = RuntimeError("task-1 cancelled for reason: scheduler-connection-lost.\nClient lost the connection.")
+
+    lost = _scheduler_lost(_FakeExecutor(_FakeClient("closed")), Path("a.tif"), error)
+
+    assert isinstance(lost, ClusterLostError)
+    assert "\n" not in str(lost)
+    assert str(lost).startswith("lost the Dask scheduler at tcp://127.0.0.1:8799 while segmenting a.tif (task-1 "
+                                "cancelled for reason: scheduler-connection-lost. Client lost the connection.)")
+    assert _scheduler_lost(_FakeExecutor(_FakeClient("running")), Path("a.tif"), error) is None
+    assert _scheduler_lost(_FakeExecutor(None), Path("a.tif"), error) is None
+
+
+def test_killed_workers_message_suggests_memory():
+    from distributed.scheduler import KilledWorker
+
+    from tree_seg.engine.pipeline import _killed_workers_text
+
+    error = KilledWorker("features-0-1-abc", last_worker=None, allowed_failures=3)
+
+    assert _killed_workers_text(error) == (
+        "Dask workers died 4 times while running task 'features-0-1-abc': a worker may have run out of memory, "
+        "so lower --chunk-size or give each worker more memory"
+    )
+    assert _killed_workers_text(ValueError("other")) is None

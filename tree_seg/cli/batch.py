@@ -98,6 +98,9 @@ def run_batch_dask(
 
     if not logging.getLogger().isEnabledFor(logging.DEBUG):
         logging.getLogger("distributed").setLevel(logging.WARNING)
+        # The client logs a lost scheduler with tracebacks, and the engine
+        # then reports it in one line.
+        logging.getLogger("distributed.client").setLevel(logging.CRITICAL)
     try:
         with _failures_left_to_summary():
             items = segment_many(paths, outdir, config, pictures=pictures, progress=progress)

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+from distributed.scheduler import KilledWorker
 
 from tree_seg.config import SegmentationConfig
 from tree_seg.core.export import method_label
@@ -39,7 +40,7 @@ from tree_seg.engine.label_store import LabelStore
 from tree_seg.engine.layout import patch_chunk_side, slic_depth
 from tree_seg.engine.progress import progress_enabled
 from tree_seg.engine.worker import backbone_info
-from tree_seg.exceptions import ConfigurationError, InvalidInputError, TreeSegError
+from tree_seg.exceptions import ClusterLostError, ConfigurationError, InvalidInputError, TreeSegError
 from tree_seg.features.grid import patch_transform
 from tree_seg.features.resample import resampled_shape
 from tree_seg.features.scale import resolve_scale
@@ -131,6 +132,29 @@ def _executor(client: Any, config: SegmentationConfig, progress: bool | None) ->
                and resolve_device(config.backbone.device).type == "cuda")
     with open_client(config.engine, use_gpu=use_gpu) as opened:
         yield Executor(opened, progress=enabled)
+
+
+def _scheduler_lost(executor: Executor, path: Path, error: Exception) -> ClusterLostError | None:
+    # The client leaves the "running" state when its scheduler connection
+    # drops; every later input would fail the same way, so the batch ends.
+    client = executor.client
+    if client is None or client.status == "running":
+        return None
+    reason = " ".join(str(error).split())
+    return ClusterLostError(
+        f"lost the Dask scheduler at {client.scheduler.address} while segmenting {path} ({reason}): check that "
+        "the scheduler runs, then run the same command again to resume from the feature stores"
+    )
+
+
+def _killed_workers_text(error: Exception) -> str | None:
+    # distributed gives up on a task after it was running on
+    # distributed.scheduler.allowed-failures + 1 workers that died, which is
+    # often a worker running out of memory.
+    if not isinstance(error, KilledWorker):
+        return None
+    return (f"Dask workers died {error.allowed_failures + 1} times while running task {error.task!r}: a "
+            "worker may have run out of memory, so lower --chunk-size or give each worker more memory")
 
 
 def _geometry(source: RasterSource, config: SegmentationConfig, patch_size: int) -> tasks.RasterGeometry:
@@ -299,10 +323,11 @@ def segment_many(
 
     Every input shares the cluster and therefore each worker's cached
     backbone. An input that fails is logged with its error and reported as
-    ``"failed"``, and the batch goes on. That log record has the attribute
-    ``input_failure=True``, so a caller that reports the failures itself can
-    filter it out. ``config.engine.feature_store``
-    names a folder here (one ``<stem>_features.zarr`` per input).
+    ``"failed"``, and the batch goes on, unless the scheduler itself is
+    gone. That log record has the attribute ``input_failure=True``, so a
+    caller that reports the failures itself can filter it out.
+    ``config.engine.feature_store`` names a folder here (one
+    ``<stem>_features.zarr`` per input).
 
     Returns
     -------
@@ -314,6 +339,10 @@ def segment_many(
     ConfigurationError
         If ``config.engine.feature_store`` is a single ``.zarr`` store and
         there are several inputs.
+    ClusterLostError
+        If the connection to the scheduler is lost; inputs finished before
+        keep their outputs, and a rerun resumes the others from their
+        feature stores.
     """
     config = config or SegmentationConfig()
     outdir = Path(outdir)
@@ -332,12 +361,16 @@ def segment_many(
                     result = _segment(executor, path, outdir, config, pictures=pictures,
                                       store_path=_store_path(store_setting, outdir, path.stem))
                 except Exception as error:
+                    lost = _scheduler_lost(executor, path, error)
+                    if lost is not None:
+                        raise lost from error
                     # One bad input must not end the batch: besides tree_seg's own
-                    # errors this catches a lost worker (KilledWorker) or a full disk.
-                    logger.error("Failed to segment %s: %s", path, error,
-                                 exc_info=not isinstance(error, (TreeSegError, OSError)),
+                    # errors this catches a task that kills workers or a full disk.
+                    text = _killed_workers_text(error) or str(error)
+                    logger.error("Failed to segment %s: %s", path, text,
+                                 exc_info=not isinstance(error, (TreeSegError, OSError, KilledWorker)),
                                  extra={"input_failure": True})
-                    items.append(BatchItem(path=path, status="failed", error=str(error)))
+                    items.append(BatchItem(path=path, status="failed", error=text))
                     continue
             items.append(BatchItem(path=path, status="ok", result=result))
     failed = sum(item.status == "failed" for item in items)
