@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 
 import pytest
 
@@ -34,3 +35,34 @@ def test_setup_logging_verbosity_levels(verbose, quiet, tree_seg_level, library_
     assert logging.getLogger("tree_seg").level == tree_seg_level
     assert logging.getLogger("distributed").level == library_level
     assert logging.getLogger("rasterio").level == library_level
+
+
+@pytest.mark.parametrize("command", ["segment", "evaluate", "sweep"])
+def test_no_progress_hides_weight_loading_bars(command, monkeypatch, tmp_path):
+    from typer.testing import CliRunner
+
+    from tree_seg.cli.main import app
+
+    # setenv first, so that the variable the command sets is removed afterwards.
+    monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "0")
+    monkeypatch.delenv("HF_HUB_DISABLE_PROGRESS_BARS")
+    # The command then fails on the missing input, after logging is set up.
+    result = CliRunner().invoke(app, [command, str(tmp_path / "missing"), "-o", str(tmp_path / "out"),
+                                      "--no-progress"])
+
+    assert result.exit_code != 0
+    assert "No such option" not in result.output
+    assert os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS") == "1"
+
+
+def test_progress_leaves_weight_loading_bars(monkeypatch, tmp_path):
+    from typer.testing import CliRunner
+
+    from tree_seg.cli.main import app
+
+    # setenv first, so that the variable the command sets is removed afterwards.
+    monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "0")
+    monkeypatch.delenv("HF_HUB_DISABLE_PROGRESS_BARS")
+    CliRunner().invoke(app, ["evaluate", str(tmp_path / "missing"), "-o", str(tmp_path / "out")])
+
+    assert "HF_HUB_DISABLE_PROGRESS_BARS" not in os.environ

@@ -57,13 +57,13 @@ def _root(
     """Unsupervised segmentation of trees and vegetation in aerial orthomosaics."""
 
 
-def _setup_logging(verbose: int, quiet: bool) -> None:
+def _setup_logging(verbose: int, quiet: bool, progress: bool = True) -> None:
     if verbose and quiet:
         raise typer.BadParameter("--verbose and --quiet conflict: give one of them")
     level = logging.WARNING if quiet else logging.INFO
     if verbose >= 2:
         level = logging.DEBUG
-    if quiet:
+    if quiet or not progress:
         # Read by huggingface_hub and transformers when they are imported,
         # which happens later, when the backbone loads.
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
@@ -258,7 +258,7 @@ def segment(
     the input's CRS and transform), _metadata.json and PNGs. A failed input is
     reported and the others go on; the exit code is 1 when any input failed.
     """
-    _setup_logging(verbose, quiet)
+    _setup_logging(verbose, quiet, progress)
     options = {name: value for name, value in locals().items() if name not in ("inputs", "outdir", "model", "profile", "profiles_file")}
     config = _config_from_options(method=model, profile=profile, profiles_file=profiles_file, options=options)
     _check_v2_options(config.method, {"tau": tau, "alpha": alpha, "iterations": iterations, "blend": blend})
@@ -314,7 +314,8 @@ def _use_dask(engine: str, shapes: list[tuple[int, int]], config: SegmentationCo
 
 
 def _shared_options(scope: dict[str, Any]) -> dict[str, Any]:
-    skip = {"inputs", "outdir", "model", "profile", "profiles_file", "dataset", "source", "mask", "taus", "alphas"}
+    skip = {"inputs", "outdir", "model", "profile", "profiles_file", "dataset", "source", "mask", "taus", "alphas",
+            "progress"}
     return {name: value for name, value in scope.items() if name not in skip}
 
 
@@ -352,6 +353,7 @@ def evaluate(
     iterations: p.IterationsOption = None,
     blend: p.BlendOption = None,
     pictures: p.PicturesOption = True,
+    progress: p.ProgressOption = True,
     verbose: p.VerboseOption = 0,
     quiet: p.QuietOption = False,
 ) -> None:
@@ -362,7 +364,7 @@ def evaluate(
     from tree_seg.evaluation.harness import evaluate_dataset, parse_variant
     from tree_seg.exceptions import ConfigurationError
 
-    _setup_logging(verbose, quiet)
+    _setup_logging(verbose, quiet, progress)
     options = _shared_options(locals())
     if slic_size is not None:
         if not any(name.endswith("+slic") for name in (model or ["+slic"])):
@@ -445,6 +447,7 @@ def sweep(
     batch_size: p.BatchSizeOption = None,
     iterations: p.IterationsOption = None,
     blend: p.BlendOption = None,
+    progress: p.ProgressOption = True,
     verbose: p.VerboseOption = 0,
     quiet: p.QuietOption = False,
 ) -> None:
@@ -454,7 +457,7 @@ def sweep(
     """
     from tree_seg.evaluation.sweep import sweep_head_refine
 
-    _setup_logging(verbose, quiet)
+    _setup_logging(verbose, quiet, progress)
     tau_values = _parse_list(taus, _parse_sweep_tau, "--taus")
     alpha_values = _parse_list(alphas, _parse_alpha, "--alphas")
     config = _config_from_options(method="head-refine", profile=profile, profiles_file=profiles_file,

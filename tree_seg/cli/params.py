@@ -23,7 +23,7 @@ ProfilesFileOption = Annotated[Path | None, typer.Option(help="Another TOML file
 
 KOption = Annotated[int | None, typer.Option("--k", help="Fixed number of clusters K (2-254); skips the elbow rule.", show_default=False)]
 
-KRangeOption = Annotated[str | None, typer.Option(help="Inclusive K range A:B searched by the elbow rule. [default: 2:12]", show_default=False)]
+KRangeOption = Annotated[str | None, typer.Option(help="Inclusive K range A:B searched by the elbow rule, 2 <= A <= B <= 254. [default: 2:12]", show_default=False)]
 
 ElbowThresholdOption = Annotated[float | None, typer.Option(help="Relative inertia drop, in percent (above 0 and below 100), below which one more cluster is not worth it; the elbow is the K before the first K whose drop falls below it. [default: 5]", show_default=False)]
 
@@ -35,19 +35,19 @@ SlicSizeOption = Annotated[int | None, typer.Option(help="SLIC superpixel side i
 
 NodataOption = Annotated[str | None, typer.Option(help="Nodata value in input units (a pixel is nodata when all its bands equal it, within --nodata-tolerance), 'auto' (tag, alpha band, NaN, then a black or white border collar) or 'none'. [default: auto]", show_default=False)]
 
-NodataToleranceOption = Annotated[float | None, typer.Option(help="Largest difference from --nodata, in input units, that still counts as nodata. [default: 0]", show_default=False)]
+NodataToleranceOption = Annotated[float | None, typer.Option(help="Largest difference from --nodata, in input units, that still counts as nodata; >= 0. [default: 0]", show_default=False)]
 
 CollarBufferOption = Annotated[int | None, typer.Option(help="Pixels (0-64) by which a value-based nodata mask grows after specks are removed, to cover a JPEG fringe. [default: 3]", show_default=False)]
 
 BandsOption = Annotated[str | None, typer.Option(help="1-based band indices as in GDAL, e.g. 1,2,3. [default: bands 1-3, alpha excluded]", show_default=False)]
 
-WindowOption = Annotated[int | None, typer.Option(help="Window side in pixels of the resampled image (14-8192); a multiple of the patch size (16 DINOv3, 14 DINOv2). [default: 448]", show_default=False)]
+WindowOption = Annotated[int | None, typer.Option(help="Window side in pixels of the resampled image, up to 8192; a multiple of the patch size (16 DINOv3, 14 DINOv2). [default: 448]", show_default=False)]
 
-OverlapOption = Annotated[int | None, typer.Option(help="Overlap between windows in pixels; a multiple of the patch size. [default: 112]", show_default=False)]
+OverlapOption = Annotated[int | None, typer.Option(help="Overlap between windows in pixels, from 0 to below --window; a multiple of the patch size. [default: 112]", show_default=False)]
 
 ScaleOption = Annotated[str | None, typer.Option(help="Resampling factor before feature extraction (0.05-4; 0.5 halves each side), or auto: about --target-resolution ground metres per pixel for georeferenced rasters (projected or in degrees), without upsampling and keeping the shorter side at least 512 resampled pixels, else 1. Labels are written on the input grid. [default: auto]", show_default=False)]
 
-TargetResolutionOption = Annotated[float | None, typer.Option(help="Ground pixel size in metres that --scale auto aims for, measured on the ellipsoid at the raster's centre (a Web Mercator metre at 50 degrees north is 0.64 m). [default: 0.2]", show_default=False)]
+TargetResolutionOption = Annotated[float | None, typer.Option(help="Ground pixel size in metres that --scale auto aims for, measured on the ellipsoid at the raster's centre (a Web Mercator metre at 50 degrees north is 0.64 m); > 0. [default: 0.2]", show_default=False)]
 
 SeedOption = Annotated[int | None, typer.Option(help="Seed of K-means and patch sampling (0 to 2^32 - 1). [default: 0]", show_default=False)]
 
@@ -83,4 +83,4 @@ FeatureStoreOption = Annotated[Path | None, typer.Option(help="Zarr feature stor
 
 FeatureDtypeOption = Annotated[str | None, typer.Option(help="dtype of the feature store: float16 (half the disk) or float32, which reproduces --engine memory exactly; float16 rounding changes the K-means fit a little, so labels and even the elbow's K can differ. [default: float16]", show_default=False)]
 
-ProgressOption = Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bars of the Dask engine passes and of weight loading.")]
+ProgressOption = Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bars of weight loading and of the Dask engine passes.")]
