@@ -18,6 +18,10 @@ from tree_seg.engine.progress import progress_enabled
 from tree_seg.exceptions import ClusterStartError
 
 
+def _first_origin_row(work):
+    return work.origins[0][0]
+
+
 def _pair(*parts):
     return tuple(parts)
 
@@ -138,6 +142,31 @@ def test_executor_synchronous_map_in_order():
     blocks = list(iter_blocks((2, 5), 1))
     assert executor.map(_column_plus, blocks, 10, description="test") == [10, 11, 12, 13, 14] * 2
     assert not executor.gpu
+
+
+@pytest.mark.parametrize("distributed", [False, True])
+def test_executor_map_reports_each_result(distributed, request):
+    client = request.getfixturevalue("gpu_client") if distributed else None
+    executor = Executor(client, progress=False)
+    blocks = list(iter_blocks((2, 3), 1))
+    reported = []
+
+    results = executor.map(_column_plus, blocks, 10, description="test",
+                           on_result=lambda block, result: reported.append((block.index, result)))
+
+    assert results == [10, 11, 12] * 2
+    assert sorted(reported) == sorted((block.index, 10 + block.index[1]) for block in blocks)
+
+
+def test_executor_map_names_tasks_by_whole_index(gpu_client):
+    # Work items with three-part indices that share their first two parts
+    # must still get tasks of their own.
+    from tree_seg.engine.layout import Block, SeamWork
+
+    block = Block((0, 0), slice(0, 1), slice(0, 1))
+    work = [SeamWork((0, 0, part), block, ((part, 0),)) for part in range(3)]
+
+    assert Executor(gpu_client, progress=False).map(_first_origin_row, work, description="test") == [0, 1, 2]
 
 
 def test_executor_synchronous_map_reduce():

@@ -161,3 +161,27 @@ def test_window_ownership_rejects_side_off_stride():
 
     with pytest.raises(ConfigurationError, match="chunk side 4 patches"):
         WindowOwnership(grid, 4)
+
+
+@pytest.mark.parametrize(("workers", "most", "size"), [(1, 8, 7), (2, 8, 4), (4, 8, 2), (100, 8, 1), (2, 2, 2)])
+def test_seam_work_splits_owners_into_parts(workers, most, size):
+    from tree_seg.engine.passes import seam_work
+
+    grid = WindowGrid(300, 410, patch_size=16, window=64, overlap=16)
+    ownership = WindowOwnership(grid, 12)
+    blocks = list(iter_blocks(grid.patch_shape, 12))
+    seams = [origin for block in blocks for origin in ownership.seams(block)]
+    # Every seam window but the first of each chunk is still to compute.
+    pending_seams = set(seams) - {ownership.seams(block)[0] for block in blocks if ownership.seams(block)}
+
+    work = seam_work(ownership, blocks, pending_seams, most=most, workers=workers)
+
+    assert len(pending_seams) == 14
+    assert sorted(origin for part in work for origin in part.origins) == sorted(pending_seams)
+    assert len({part.index for part in work}) == len(work)
+    for block in blocks:
+        parts = [part for part in work if part.block == block]
+        owned = [origin for origin in ownership.seams(block) if origin in pending_seams]
+        # Full parts of `size` windows, row by row, then the rest.
+        assert [list(part.origins) for part in parts] == [owned[i:i + size] for i in range(0, len(owned), size)]
+        assert [part.index for part in parts] == [(*block.index, i) for i in range(len(parts))]

@@ -30,7 +30,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import reduce
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import dask
 import psutil
@@ -370,6 +370,12 @@ def combine_all(combine: Callable[[T, T], T]) -> Callable[..., T]:
     return combine_many
 
 
+class _Indexed(Protocol):
+    # A work item of Executor.map: a Block or a SeamWork.
+    @property
+    def index(self) -> tuple[int, ...]: ...
+
+
 class Executor:
     """Runs the per-chunk tasks of the engine's passes on a client, or in this process.
 
@@ -415,7 +421,14 @@ class Executor:
                                       **annotations) for address in addresses]
         return self.client.gather(futures)
 
-    def _delayed_tasks(self, func: Callable[..., Any], blocks: Sequence[Block], args: tuple[Any, ...],
+    @property
+    def n_workers(self) -> int:
+        """Return the number of workers, 1 when the tasks run in this process."""
+        if self.client is None:
+            return 1
+        return max(1, len(self.client.scheduler_info(n_workers=-1)["workers"]))
+
+    def _delayed_tasks(self, func: Callable[..., Any], blocks: Sequence[_Indexed], args: tuple[Any, ...],
                        name: str, gpu: bool) -> list[Any]:
         token = uuid.uuid4().hex[:8]
         if self.client is not None:
@@ -431,19 +444,23 @@ class Executor:
         with dask.annotate(**self._annotations(gpu)):
             return [
                 dask.delayed(func, pure=False, traverse=False)(
-                    *shared, block, dask_key_name=f"{name}-{block.index[0]}-{block.index[1]}-{token}"
+                    *shared, block, dask_key_name=f"{name}-{'-'.join(map(str, block.index))}-{token}"
                 )
                 for block in blocks
             ]
 
-    def _futures(self, tasks: list[Any], description: str) -> list[Any]:
+    def _futures(self, tasks: list[Any], description: str,
+                 on_result: Callable[[int, Any], None] | None = None) -> list[Any]:
         assert self.client is not None
         futures = self.client.compute(tasks, optimize_graph=False)
+        position = {future.key: i for i, future in enumerate(futures)}
         bar = chunk_bar(len(futures), description, enabled=self.progress)
         try:
             for future in as_completed(futures):
                 if future.status == "error":
                     future.result()
+                if on_result is not None:
+                    on_result(position[future.key], future.result())
                 bar.update(1)
         except BaseException:
             self.client.cancel(futures)
@@ -452,34 +469,43 @@ class Executor:
             bar.close()
         return futures
 
-    def map(self, func: Callable[..., T], blocks: Sequence[Block], *args: Any, description: str,
-            gpu: bool = False) -> list[T]:
+    def map(self, func: Callable[..., T], blocks: Sequence[_Indexed], *args: Any, description: str,
+            gpu: bool = False, on_result: Callable[[Any, T], None] | None = None) -> list[T]:
         """Run ``func(*args, block)`` for every block and return the results in block order.
 
         Parameters
         ----------
         func : callable
             Per-chunk task; ``args`` come first and the block last.
-        blocks : sequence of Block
-            Chunks to run.
+        blocks : sequence of Block or SeamWork
+            Chunks to run, or other work items with a unique ``index``.
         *args
             Arguments shared by every task, sent once.
         description : str
             Progress bar label, also the task-name prefix in the dashboard.
         gpu : bool, default=False
             Annotate the tasks with ``GPU: 1`` when workers have GPUs.
+        on_result : callable, optional
+            Called as ``on_result(block, result)`` in this process as each
+            task finishes, in the order they finish.
         """
         if not blocks:
             return []
         name = description.replace(" ", "-")
         tasks = self._delayed_tasks(func, blocks, args, name, gpu)
         if self.client is not None:
-            return self.client.gather(self._futures(tasks, description))
+            report = None
+            if on_result is not None:
+                def report(position: int, result: Any) -> None:
+                    on_result(blocks[position], result)
+            return self.client.gather(self._futures(tasks, description, report))
 
         results = []
         with chunk_bar(len(tasks), description, enabled=self.progress) as bar:
-            for task in tasks:
+            for block, task in zip(blocks, tasks):
                 (result,) = dask.compute(task, scheduler="synchronous", optimize_graph=False)
+                if on_result is not None:
+                    on_result(block, result)
                 results.append(result)
                 bar.update(1)
         return results

@@ -398,9 +398,36 @@ class FeatureStore(ZarrArrays):
             group.create_array("window_state", shape=counts, chunks=(ownership.per_chunk, ownership.per_chunk),
                                dtype="uint8", fill_value=WINDOW_PENDING, dimension_names=["window_y", "window_x"])
 
-    def write_seams(self, ownership: WindowOwnership, block: Block,
-                    stored: Iterable[tuple[tuple[int, int], np.ndarray]], empty: list[tuple[int, int]]) -> int:
-        """Write a chunk's seam windows as they come, then the state of every window it owns.
+    def write_seams(self, ownership: WindowOwnership,
+                    stored: Iterable[tuple[tuple[int, int], np.ndarray]]) -> list[tuple[int, int]]:
+        """Write computed seam windows as they come; tasks on several workers may write at once.
+
+        Parameters
+        ----------
+        ownership : WindowOwnership
+            Window assignment of the store's chunks.
+        stored : iterable of ((int, int), ndarray)
+            Origin in pixels and features, shape (window_patch_y,
+            window_patch_x, feature), of each computed seam window.
+
+        Returns
+        -------
+        list of (int, int)
+            Origins of the windows written, in the order they came.
+        """
+        windows = self._array("windows")
+        written = []
+        for origin, features in stored:
+            windows[ownership.index(origin)] = np.asarray(features, dtype=np.float32)
+            written.append(origin)
+        return written
+
+    def mark_seams(self, ownership: WindowOwnership, block: Block, written: Iterable[tuple[int, int]],
+                   empty: Iterable[tuple[int, int]]) -> None:
+        """Record seam windows of one owner chunk as stored or empty, and its other windows as interior.
+
+        The states of one chunk share a zarr chunk, so only one process, the
+        one that runs the pass, calls this.
 
         Parameters
         ----------
@@ -408,33 +435,24 @@ class FeatureStore(ZarrArrays):
             Window assignment of the store's chunks.
         block : Block
             The owner chunk.
-        stored : iterable of ((int, int), ndarray)
-            Origin in pixels and features, shape (window_patch_y,
-            window_patch_x, feature), of each computed seam window.
-        empty : list of (int, int)
-            Origins of owned windows without valid pixels.
-
-        Returns
-        -------
-        int
-            Windows written.
+        written, empty : iterable of (int, int)
+            Origins of seam windows that :meth:`write_seams` wrote, and of
+            seam windows without valid pixels.
         """
-        windows = self._array("windows")
-        written = []
-        for origin, features in stored:
-            windows[ownership.index(origin)] = np.asarray(features, dtype=np.float32)
-            written.append(origin)
-
         m = ownership.per_chunk
         counts = ownership.window_counts
         rows = slice(block.index[0] * m, min((block.index[0] + 1) * m, counts[0]))
         cols = slice(block.index[1] * m, min((block.index[1] + 1) * m, counts[1]))
-        states = np.full((rows.stop - rows.start, cols.stop - cols.start), WINDOW_INTERIOR, dtype=np.uint8)
+        array = self._array("window_state")
+        states = np.asarray(array[rows, cols])
+        for origin in ownership.owned(block):
+            if not ownership.is_seam(origin):
+                row, col = ownership.index(origin)
+                states[row - rows.start, col - cols.start] = WINDOW_INTERIOR
         for origin, state in [*((o, WINDOW_STORED) for o in written), *((o, WINDOW_EMPTY) for o in empty)]:
             row, col = ownership.index(origin)
             states[row - rows.start, col - cols.start] = state
-        self._array("window_state")[rows, cols] = states
-        return len(written)
+        array[rows, cols] = states
 
     def window_states(self) -> np.ndarray:
         """Return the (window_y, window_x) uint8 state of every window (``WINDOW_*``)."""

@@ -30,6 +30,7 @@ from tree_seg.features.grid import WindowGrid
 __all__ = [
     "Block",
     "HaloSlice",
+    "SeamWork",
     "WindowOwnership",
     "block_grid",
     "halo_slices",
@@ -159,6 +160,26 @@ def iter_blocks(shape: tuple[int, int], side: int | tuple[int, int]) -> Iterator
         for j in range(n_cols):
             cols = slice(j * sides[1], min((j + 1) * sides[1], shape[1]))
             yield Block((i, j), rows, cols)
+
+
+@dataclass(frozen=True)
+class SeamWork:
+    """Seam windows of one chunk that one task of the feature pass computes.
+
+    Attributes
+    ----------
+    index : tuple of int
+        (row, col, part): the owner chunk's position in the chunk grid and
+        the number of this part among its seam windows.
+    block : Block
+        The owner chunk.
+    origins : tuple of (int, int)
+        Window origins (y, x) in pixels of the resampled image, row by row.
+    """
+
+    index: tuple[int, int, int]
+    block: Block
+    origins: tuple[tuple[int, int], ...]
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ reproduces the in-memory pipeline.
 from __future__ import annotations
 
 import logging
+import math
 import time
 import warnings
 from dataclasses import dataclass
@@ -37,7 +38,7 @@ from tree_seg.engine import tasks
 from tree_seg.engine.cluster import Executor, combine_all
 from tree_seg.engine.feature_store import WINDOW_PENDING, FeatureStore
 from tree_seg.engine.label_store import LabelStore
-from tree_seg.engine.layout import Block, iter_blocks
+from tree_seg.engine.layout import Block, SeamWork, WindowOwnership, iter_blocks
 from tree_seg.exceptions import RefinementFallbackWarning
 from tree_seg.io.writer import LabelRasterWriter
 
@@ -59,8 +60,9 @@ def feature_pass(executor: Executor, context: tasks.FeatureTaskContext, *,
                  blocks: list[Block] | None = None) -> tuple[int, int]:
     """Compute and store the features of every chunk not yet marked done.
 
-    Two maps over chunks: :func:`~tree_seg.engine.tasks.seam_chunk` on the
-    owners of the seam windows that the pending chunks blend, then
+    Two maps: :func:`~tree_seg.engine.tasks.seam_windows` on the seam
+    windows that the pending chunks blend and that are not stored yet, in
+    parts of each owner chunk's windows (see :func:`seam_work`), then
     :func:`~tree_seg.engine.tasks.feature_chunk` on the pending chunks. So
     each window runs through the backbone once. Once every chunk is done,
     the stored seam windows are deleted.
@@ -95,19 +97,60 @@ def feature_pass(executor: Executor, context: tasks.FeatureTaskContext, *,
         ownership = context.ownership
         store.create_window_arrays(ownership)
         states = store.window_states()
-        # The chunks that own a seam window a pending chunk needs, unless stored already.
-        owners = set()
+        # The seam windows that a pending chunk needs, unless stored already.
+        needed = set()
         for block in pending:
             for origin in ownership.grid.windows_touching(block.rows, block.cols):
                 if ownership.is_seam(origin) and states[ownership.index(origin)] == WINDOW_PENDING:
-                    owners.add(ownership.owner(origin))
-        seam_blocks = [block for block in store.blocks() if block.index in owners]
-        windows += sum(executor.map(tasks.seam_chunk, seam_blocks, context, description="seam windows", gpu=True))
+                    needed.add(origin)
+        work = seam_work(ownership, store.blocks(), needed, most=context.batch_size, workers=executor.n_workers)
+
+        def mark(part: SeamWork, result: tuple[list[tuple[int, int]], list[tuple[int, int]]]) -> None:
+            store.mark_seams(ownership, part.block, *result)
+
+        seams = executor.map(tasks.seam_windows, work, context, description="seam windows", gpu=True, on_result=mark)
+        windows += sum(len(written) for written, _ in seams)
         windows += sum(executor.map(tasks.feature_chunk, pending, context, description="features", gpu=True))
     if store.done_mask().all():
         store.drop_window_arrays()
     logger.info("Feature pass: %d windows through the backbone", windows)
     return len(pending), windows
+
+
+def seam_work(ownership: WindowOwnership, blocks: list[Block], origins: set[tuple[int, int]], *, most: int,
+              workers: int) -> list[SeamWork]:
+    """Split seam windows into tasks of one owner chunk each.
+
+    Each owner's windows are cut, row by row, into parts of at most
+    ``ceil(len(origins) / (2 * workers))`` windows, and never more than
+    ``most`` (a backbone batch). A small raster with few chunks thus still
+    gives every worker work, while a large one keeps whole batches.
+
+    Parameters
+    ----------
+    ownership : WindowOwnership
+        Window assignment of the chunks.
+    blocks : list of Block
+        Every chunk of the feature store.
+    origins : set of (int, int)
+        Origins in pixels of the seam windows to compute.
+    most : int
+        Largest number of windows in a part, >= 1.
+    workers : int
+        Workers that run the tasks, >= 1.
+
+    Returns
+    -------
+    list of SeamWork
+        Parts in chunk order, each with its windows row by row.
+    """
+    size = max(1, min(most, math.ceil(len(origins) / (2 * workers))))
+    work = []
+    for block in blocks:
+        owned = [origin for origin in ownership.seams(block) if origin in origins]
+        for part, start in enumerate(range(0, len(owned), size)):
+            work.append(SeamWork((*block.index, part), block, tuple(owned[start:start + size])))
+    return work
 
 
 def guide_pass(executor: Executor, context: tasks.GuideTaskContext, store: FeatureStore) -> None:

@@ -24,7 +24,7 @@ from tree_seg.core.snapping import slic_snap
 from tree_seg.engine import kernels
 from tree_seg.engine.feature_store import WINDOW_PENDING, WINDOW_STORED, FeatureStore
 from tree_seg.engine.label_store import LabelStore
-from tree_seg.engine.layout import Block, WindowOwnership, halo_slices
+from tree_seg.engine.layout import Block, SeamWork, WindowOwnership, halo_slices
 from tree_seg.engine.worker import get_backbone
 from tree_seg.exceptions import InvalidInputError
 from tree_seg.features.extract import blend_windows, iter_window_features, patch_validity, windows_with_data
@@ -45,7 +45,7 @@ __all__ = [
     "label_chunk",
     "read_resampled",
     "sample_chunk",
-    "seam_chunk",
+    "seam_windows",
 ]
 
 logger = logging.getLogger(__name__)
@@ -162,29 +162,34 @@ class FeatureTaskContext:
         return WindowOwnership(self.geometry.window_grid(), self.store.chunk_side)
 
 
-def seam_chunk(context: FeatureTaskContext, block: Block) -> int:
-    """Compute and store the seam windows that a chunk owns (the first step of the feature pass).
+def seam_windows(context: FeatureTaskContext, work: SeamWork) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    """Compute and store some seam windows of one chunk (the first step of the feature pass).
 
     A seam window's patches reach into other chunks, which blend its stored
-    features in :func:`feature_chunk` instead of computing it again. Returns
-    the number of windows that went through the backbone.
-    """
-    ownership = context.ownership
-    grid = ownership.grid
-    seams = ownership.seams(block)
-    computed: Iterator[tuple[tuple[int, int], np.ndarray]] = iter(())
-    empty: list[tuple[int, int]] = []
-    if seams:
-        read_rows, read_cols = kernels.window_read_bounds(grid, seams)
-        image, valid_pixels = read_resampled(context.source, context.geometry, read_rows, read_cols)
-        with_data = windows_with_data(kernels.BlockReader(valid_pixels[None], read_rows, read_cols), grid, seams)
-        empty = sorted(set(seams) - set(with_data))
-        computed = iter_window_features(kernels.BlockReader(image, read_rows, read_cols), grid,
-                                        get_backbone(context.backbone), with_data, batch_size=context.batch_size)
+    features in :func:`feature_chunk` instead of computing it again. The
+    caller records the returned origins with
+    :meth:`~tree_seg.engine.feature_store.FeatureStore.mark_seams`.
 
-    written = context.store.write_seams(ownership, block, computed, empty)
-    logger.debug("seam windows of chunk %s: %d computed, %d without valid pixels", block.index, written, len(empty))
-    return written
+    Returns
+    -------
+    written : list of (int, int)
+        Origins of the windows that went through the backbone and were stored.
+    empty : list of (int, int)
+        Origins of the windows without valid pixels.
+    """
+    grid = context.ownership.grid
+    seams = list(work.origins)
+    read_rows, read_cols = kernels.window_read_bounds(grid, seams)
+    image, valid_pixels = read_resampled(context.source, context.geometry, read_rows, read_cols)
+    with_data = windows_with_data(kernels.BlockReader(valid_pixels[None], read_rows, read_cols), grid, seams)
+    empty = sorted(set(seams) - set(with_data))
+    computed = iter_window_features(kernels.BlockReader(image, read_rows, read_cols), grid,
+                                    get_backbone(context.backbone), with_data, batch_size=context.batch_size)
+
+    written = context.store.write_seams(context.ownership, computed)
+    logger.debug("seam windows of chunk %s, part %d: %d computed, %d without valid pixels",
+                 work.block.index, work.index[2], len(written), len(empty))
+    return written, empty
 
 
 def feature_chunk(context: FeatureTaskContext, block: Block) -> int:
@@ -192,7 +197,7 @@ def feature_chunk(context: FeatureTaskContext, block: Block) -> int:
 
     The chunk computes the windows it owns that stay inside it, and blends
     them with the stored seam windows of its own and of its neighbours, which
-    :func:`seam_chunk` must have written. Windows are blended in row-major
+    :func:`seam_windows` must have written. Windows are blended in row-major
     order, as in a whole-raster run, so the features equal that run's. The
     windows it computes are served from a single read of their bounding box.
     Returns the number of windows that went through the backbone.
