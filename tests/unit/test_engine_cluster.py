@@ -278,22 +278,34 @@ def test_open_client_address_stops_forwarding_on_exit(gpu_client, caplog):
     assert not any(name.startswith(("tree_seg-log-level", "forward-logging")) for name in after)
 
 
-def test_heartbeat_plugin_drops_only_heartbeat_failures():
-    from tree_seg.engine.cluster import _HeartbeatFailuresHidden
+def _worker_record(message, args=None):
+    return logging.LogRecord("distributed.worker", logging.ERROR, __file__, 1, message, args, None)
 
-    def record(message):
-        return logging.LogRecord("distributed.worker", logging.ERROR, __file__, 1, message, None, None)
+
+def _compute_failed(exception_text):
+    return _worker_record("Compute Failed\nKey: %s\nState: %s\nTask: %s\nException: %r\nTraceback: %r\n",
+                          ("backbone_info-1", "executing", "<task>", exception_text, "  File ..."))
+
+
+def test_worker_plugin_drops_only_expected_errors():
+    from tree_seg.engine.cluster import _ExpectedErrorsHidden
 
     worker_logger = logging.getLogger("distributed.worker")
-    plugin = _HeartbeatFailuresHidden()
+    heartbeat = _worker_record("Failed to communicate with scheduler during heartbeat.")
+    own_error = _compute_failed("WeightsMismatchError('weights file w/model.safetensors could not be read')")
+    other_error = _compute_failed("ZeroDivisionError('division by zero')")
+    plugin = _ExpectedErrorsHidden()
     plugin.setup(worker=None)
     try:
-        assert not worker_logger.filter(record("Failed to communicate with scheduler during heartbeat."))
-        assert worker_logger.filter(record("Compute Failed"))
+        assert not worker_logger.filter(heartbeat)
+        assert not worker_logger.filter(own_error)
+        assert worker_logger.filter(other_error)
+        assert worker_logger.filter(_worker_record("Compute Failed"))
     finally:
         plugin.teardown(worker=None)
 
-    assert worker_logger.filter(record("Failed to communicate with scheduler during heartbeat."))
+    assert worker_logger.filter(heartbeat)
+    assert worker_logger.filter(own_error)
 
 
 class _FakeClient:
@@ -308,19 +320,37 @@ class _FakeExecutor:
 
 
 def test_lost_scheduler_ends_the_batch_in_one_line():
-    from tree_seg.engine.pipeline import _scheduler_lost
+    from tree_seg.engine.pipeline import _cluster_lost
     from tree_seg.exceptions import ClusterLostError
 
     error = RuntimeError("task-1 cancelled for reason: scheduler-connection-lost.\nClient lost the connection.")
 
-    lost = _scheduler_lost(_FakeExecutor(_FakeClient("closed")), Path("a.tif"), error)
+    lost = _cluster_lost(_FakeExecutor(_FakeClient("closed")), Path("a.tif"), error)
 
     assert isinstance(lost, ClusterLostError)
     assert "\n" not in str(lost)
     assert str(lost).startswith("lost the Dask scheduler at tcp://127.0.0.1:8799 while segmenting a.tif (task-1 "
                                 "cancelled for reason: scheduler-connection-lost. Client lost the connection.)")
-    assert _scheduler_lost(_FakeExecutor(_FakeClient("running")), Path("a.tif"), error) is None
-    assert _scheduler_lost(_FakeExecutor(None), Path("a.tif"), error) is None
+    assert _cluster_lost(_FakeExecutor(_FakeClient("running")), Path("a.tif"), error) is None
+    assert _cluster_lost(_FakeExecutor(None), Path("a.tif"), error) is None
+
+
+def test_cancelled_task_without_workers_ends_the_batch():
+    from distributed.client import FutureCancelledError
+
+    from tree_seg.engine.pipeline import _cluster_lost
+    from tree_seg.exceptions import ClusterLostError
+
+    error = FutureCancelledError("seam-windows-2-0-0-6ab7d0ed", None)
+
+    lost = _cluster_lost(_FakeExecutor(_FakeClient("running")), Path("a.tif"), error)
+
+    assert isinstance(lost, ClusterLostError)
+    assert str(lost) == (
+        "the Dask scheduler at tcp://127.0.0.1:8799 cancelled a task while segmenting a.tif (reason: unknown), as it "
+        "does when its workers are gone: check the workers, then run the same command again to resume from the "
+        "feature stores"
+    )
 
 
 def test_killed_workers_message_suggests_memory():

@@ -92,6 +92,12 @@ def run_batch_dask(
         # weight-loading bar that each worker prints when its backbone loads.
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
+    # An interrupt while the local cluster starts its processes can make
+    # multiprocessing's resource tracker warn about leaked semaphores. The
+    # tracker is a process of its own, so it reads its filters from here.
+    filters = [os.environ.get("PYTHONWARNINGS"), "ignore:resource_tracker:UserWarning"]
+    os.environ["PYTHONWARNINGS"] = ",".join(f for f in filters if f)
+
     # Importing distributed installs its own INFO-level handler, so quieten it
     # after the import rather than in _setup_logging.
     import distributed  # noqa: F401

@@ -40,7 +40,8 @@ from distributed import Client, LocalCluster, WorkerPlugin, as_completed
 from tree_seg.config import EngineConfig
 from tree_seg.engine.layout import Block
 from tree_seg.engine.progress import chunk_bar
-from tree_seg.exceptions import ClusterStartError
+from tree_seg import exceptions
+from tree_seg.exceptions import ClusterStartError, TreeSegError
 
 __all__ = ["Executor", "LocalClusterSize", "local_cluster_size", "open_client", "tree_reduce", "workers_have_gpu"]
 
@@ -57,8 +58,8 @@ _LOG_LEVEL_PLUGIN = "tree_seg-log-level"
 _CANCELLED_TASKS_PLUGIN = "tree_seg-quiet-cancelled-tasks"
 """Name of the worker plugin that hides the warnings about cancelled tasks."""
 
-_HEARTBEAT_PLUGIN = "tree_seg-quiet-heartbeat-failures"
-"""Name of the worker plugin that hides failed heartbeats to a closed scheduler."""
+_EXPECTED_ERRORS_PLUGIN = "tree_seg-quiet-expected-worker-errors"
+"""Name of the worker plugin that hides the worker errors that this process reports itself."""
 
 _TRIM_THRESHOLD_KEY = "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_"
 """Dask setting whose None value leaves glibc's trim threshold unset in local workers.
@@ -228,11 +229,7 @@ def open_client(
             # already reports the cause.
             client.register_plugin(_LogLevel("distributed.worker.state_machine", logging.ERROR),
                                    name=_CANCELLED_TASKS_PLUGIN)
-            # When an interrupt closes the cluster, the scheduler can close
-            # before a worker's next heartbeat, which the worker then logs
-            # with a traceback. The scheduler runs in this process, so a
-            # failed heartbeat can only mean that it is closing.
-            client.register_plugin(_HeartbeatFailuresHidden(), name=_HEARTBEAT_PLUGIN)
+            client.register_plugin(_ExpectedErrorsHidden(), name=_EXPECTED_ERRORS_PLUGIN)
             try:
                 with _debug_logs_forwarded(client):
                     yield client
@@ -264,19 +261,35 @@ class _LogLevel(WorkerPlugin):
         logging.getLogger(self.name).setLevel(self.previous)
 
 
-class _HeartbeatFailuresHidden(WorkerPlugin):
-    # Drops the worker's "Failed to communicate with scheduler during
-    # heartbeat" records, and only those, in every worker process.
+class _ExpectedErrorsHidden(WorkerPlugin):
+    # Drops two kinds of error records in every worker process of a local
+    # cluster (see _keep_worker_record).
 
     def setup(self, worker: Any) -> None:
-        logging.getLogger("distributed.worker").addFilter(_drop_heartbeat_failures)
+        logging.getLogger("distributed.worker").addFilter(_keep_worker_record)
 
     def teardown(self, worker: Any) -> None:
-        logging.getLogger("distributed.worker").removeFilter(_drop_heartbeat_failures)
+        logging.getLogger("distributed.worker").removeFilter(_keep_worker_record)
 
 
-def _drop_heartbeat_failures(record: logging.LogRecord) -> bool:
-    return not str(record.msg).startswith("Failed to communicate with scheduler during heartbeat")
+_TREE_SEG_ERRORS = frozenset(
+    name for name, value in vars(exceptions).items() if isinstance(value, type) and issubclass(value, TreeSegError)
+)
+
+
+def _keep_worker_record(record: logging.LogRecord) -> bool:
+    # - A failed heartbeat: when an interrupt closes the cluster, the
+    #   scheduler can close before a worker's next heartbeat. The scheduler
+    #   runs in the client's process, so this can only mean it is closing.
+    # - "Compute Failed" with a traceback for a task that raised one of
+    #   tree_seg's own errors, which the client reports in one line.
+    message = str(record.msg)
+    if message.startswith("Failed to communicate with scheduler during heartbeat"):
+        return False
+    if message.startswith("Compute Failed") and isinstance(record.args, tuple) and len(record.args) > 3:
+        # args[3] is the exception's repr, e.g. "WeightsMismatchError('...')".
+        return str(record.args[3]).split("(", 1)[0] not in _TREE_SEG_ERRORS
+    return True
 
 
 @contextmanager

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+from distributed.client import FutureCancelledError
 from distributed.scheduler import KilledWorker
 
 from tree_seg.config import SegmentationConfig
@@ -134,17 +135,25 @@ def _executor(client: Any, config: SegmentationConfig, progress: bool | None) ->
         yield Executor(opened, progress=enabled)
 
 
-def _scheduler_lost(executor: Executor, path: Path, error: Exception) -> ClusterLostError | None:
-    # The client leaves the "running" state when its scheduler connection
-    # drops; every later input would fail the same way, so the batch ends.
+def _cluster_lost(executor: Executor, path: Path, error: Exception) -> ClusterLostError | None:
+    # Both cases end the batch: every later input would fail the same way,
+    # or wait for workers that may never come.
     client = executor.client
-    if client is None or client.status == "running":
+    if client is None:
         return None
-    reason = " ".join(str(error).split())
-    return ClusterLostError(
-        f"lost the Dask scheduler at {client.scheduler.address} while segmenting {path} ({reason}): check that "
-        "the scheduler runs, then run the same command again to resume from the feature stores"
-    )
+    address = client.scheduler.address
+    resume = "then run the same command again to resume from the feature stores"
+    if client.status != "running":
+        # The client leaves the "running" state when its scheduler connection drops.
+        reason = " ".join(str(error).split())
+        return ClusterLostError(f"lost the Dask scheduler at {address} while segmenting {path} ({reason}): check "
+                                f"that the scheduler runs, {resume}")
+    if isinstance(error, FutureCancelledError):
+        # Killing every worker of an external cluster mid-run ended this way,
+        # with reason "unknown".
+        return ClusterLostError(f"the Dask scheduler at {address} cancelled a task while segmenting {path} (reason: "
+                                f"{error.reason}), as it does when its workers are gone: check the workers, {resume}")
+    return None
 
 
 def _killed_workers_text(error: Exception) -> str | None:
@@ -361,7 +370,7 @@ def segment_many(
                     result = _segment(executor, path, outdir, config, pictures=pictures,
                                       store_path=_store_path(store_setting, outdir, path.stem))
                 except Exception as error:
-                    lost = _scheduler_lost(executor, path, error)
+                    lost = _cluster_lost(executor, path, error)
                     if lost is not None:
                         raise lost from error
                     # One bad input must not end the batch: besides tree_seg's own
