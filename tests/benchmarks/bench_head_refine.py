@@ -163,7 +163,7 @@ def test_head_refine_neighbour_speed(neighbour_timings):
 def test_head_refine_neighbour_close_to_its_products(neighbour_timings):
     # The softmax, blend and bookkeeping must cost less than 1.5 times the
     # products. Measured: 1.19-1.39x on an earlier 2-core development
-    # machine, 1.56-2.04x on a 2-core AVX-512 Xeon, whose products are twice
+    # machine, 1.49-2.04x on a 2-core AVX-512 Xeon, whose products are twice
     # as fast.
     _, floor_ratio, _, _, _ = neighbour_timings
 
