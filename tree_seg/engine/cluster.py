@@ -37,10 +37,10 @@ import psutil
 from dask.system import CPU_COUNT
 from distributed import Client, LocalCluster, WorkerPlugin, as_completed
 
+from tree_seg import exceptions
 from tree_seg.config import EngineConfig
 from tree_seg.engine.layout import Block
 from tree_seg.engine.progress import chunk_bar
-from tree_seg import exceptions
 from tree_seg.exceptions import ClusterStartError, TreeSegError
 
 __all__ = ["Executor", "LocalClusterSize", "local_cluster_size", "open_client", "tree_reduce", "workers_have_gpu"]

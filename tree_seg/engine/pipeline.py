@@ -332,8 +332,8 @@ def segment_many(
 
     Every input shares the cluster and therefore each worker's cached
     backbone. An input that fails is logged with its error and reported as
-    ``"failed"``, and the batch goes on, unless the scheduler itself is
-    gone. That log record has the attribute ``input_failure=True``, so a
+    ``"failed"``, and the batch goes on, unless the scheduler or all its
+    workers are gone. That log record has the attribute ``input_failure=True``, so a
     caller that reports the failures itself can filter it out.
     ``config.engine.feature_store`` names a folder here (one
     ``<stem>_features.zarr`` per input).
@@ -349,7 +349,8 @@ def segment_many(
         If ``config.engine.feature_store`` is a single ``.zarr`` store and
         there are several inputs.
     ClusterLostError
-        If the connection to the scheduler is lost; inputs finished before
+        If the connection to the scheduler is lost, or the scheduler cancels
+        a task as it does when its workers are gone. Inputs finished before
         keep their outputs, and a rerun resumes the others from their
         feature stores.
     """
