@@ -29,7 +29,6 @@ ITERATIONS = 5
 ROUNDS = 5
 
 
-
 def _synthetic_features(grid, dim, k, seed=0):
     rng = np.random.default_rng(seed)
     rows = np.arange(grid)[:, None] // 32

@@ -197,7 +197,6 @@ def test_cli_dask_engine_synchronous_matches_memory(tmp_path):
         assert (a.read(1) != b.read(1)).mean() < 0.001
 
 
-
 def test_cli_float32_store_matches_memory(tmp_path):
     source = _write_crop(tmp_path / "crop.tif")
     common = ["--backbone", "texture", "--scale", "1", "--k-range", "2:8", "--elbow-threshold", "10", "--no-pictures", "--no-progress"]
@@ -231,6 +230,7 @@ def test_cli_memory_rerun_removes_dask_label_store(tmp_path):
     assert (tmp_path / "out" / "crop_features.zarr").is_dir()
     assert (tmp_path / "out" / "crop_head-refine_labels.tif").is_file()
 
+
 def test_cli_feature_dtype_rejects_other_dtypes(tmp_path):
     result = _invoke("segment", str(EXAMPLE), "-o", str(tmp_path / "out"), "--feature-dtype", "float64")
 
@@ -253,7 +253,6 @@ def test_cli_dask_failed_input_error_printed_once(tmp_path, caplog):
     assert f"failed  {source}: " in result.output
     assert "--window" in result.output
     assert not [record for record in caplog.records if "Failed to segment" in record.getMessage()]
-
 
 
 @pytest.mark.parametrize("engine_args", [["--engine", "memory"],
@@ -493,6 +492,7 @@ def test_main_reraises_errors_without_sigterm(monkeypatch):
     with pytest.raises(ImportError, match="missing module"):
         cli_main.main()
 
+
 def test_python_dash_m_runs_command_line():
     import subprocess
     import sys
@@ -649,6 +649,7 @@ def test_cli_sweep_csv_starts_with_baseline(tmp_path):
     assert rows[0]["k"] == "3"
     assert len(json.loads((out / "sweep.json").read_text())["rows"]) == 2
     assert f"wrote {out / 'sweep.csv'} and {out / 'sweep.json'}" in " ".join(result.output.split())
+
 
 def test_cli_profiles_lists_settings_as_key_value():
     result = _invoke("profiles")

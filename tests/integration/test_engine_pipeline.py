@@ -232,6 +232,7 @@ def test_engine_feature_chunk_needs_neighbour_seams(pattern, tmp_path):
         tasks.feature_chunk(context, later)
     assert not store.done_mask().any()
 
+
 def test_engine_chunk_size_capped_at_raster(pattern, tmp_path):
     # 384 x 480 px: a 65536 px chunk would allocate zarr chunks of 65536 px.
     result = run_engine(pattern, tmp_path, engine_config("kmeans", 65536))
@@ -240,6 +241,7 @@ def test_engine_chunk_size_capped_at_raster(pattern, tmp_path):
     assert result.metadata["engine"]["feature_chunks"] == 1
     assert zarr.open_array(result.label_store / "labels", mode="r").chunks == (480, 480)
     assert zarr.open_array(result.feature_store / "features", mode="r").chunks[:2] == (30, 30)
+
 
 def test_engine_reports_backbone_fallback_once(pattern, tmp_path):
     # backbone "auto" falls back to texture without DINOv3 weights.
@@ -251,6 +253,7 @@ def test_engine_reports_backbone_fallback_once(pattern, tmp_path):
 
     assert len([w for w in caught if issubclass(w.category, BackboneFallbackWarning)]) == 1
     assert result.metadata["backbone"]["name"] == "texture"
+
 
 def test_engine_interrupted_rerun_leaves_no_old_labels(pattern, tmp_path, monkeypatch):
     first = run_engine(pattern, tmp_path, engine_config("kmeans", 128))
@@ -267,6 +270,7 @@ def test_engine_interrupted_rerun_leaves_no_old_labels(pattern, tmp_path, monkey
     assert not first.labels_path.exists()
     assert not first.metadata_path.exists()
     assert (tmp_path / "pattern_features.zarr").is_dir()
+
 
 def test_engine_nodata_pixels_255(pattern, tmp_path):
     result = run_engine(pattern, tmp_path, engine_config())

@@ -130,12 +130,12 @@ def test_unreachable_scheduler_names_address_and_wait(caplog):
     assert "tcp://127.0.0.1:1 (waiting up to 1s" in caplog.text
 
 
-
 def test_open_client_foreign_inproc_address_names_address():
     # An in-process address of another process cannot be reached from here.
     with pytest.raises(ClusterStartError, match=r"failed to connect to the Dask scheduler at inproc://127\.0\.0\.1/999/1"):
         with open_client(EngineConfig(scheduler="inproc://127.0.0.1/999/1")):
             pass
+
 
 def test_executor_synchronous_map_in_order():
     executor = Executor(None, progress=False)

@@ -190,7 +190,6 @@ def test_clean_collar_smaller_halo_differs(rng, fringe_width):
     assert mismatches > 0
 
 
-
 @pytest.mark.parametrize("radius", [1, 2, 3, 12])
 def test_disk_morphology_matches_scipy(rng, radius):
     disk = _disk(radius)
@@ -336,7 +335,6 @@ def test_choose_nodata_rule_order():
     assert plain == NodataRule("none")
 
 
-
 @pytest.mark.parametrize(
     ("dtype", "white", "image_max"),
     [
@@ -364,6 +362,7 @@ def test_choose_nodata_rule_no_white_level_above_range():
     rule = choose_nodata_rule(ReadConfig(), tag=None, alpha_band=None, sample=sample, border=border)
 
     assert rule == NodataRule("none")
+
 
 def test_nodata_value_outside_dtype_rejected():
     uint8 = np.full((3, 8, 8), 50, dtype=np.uint8)

@@ -165,7 +165,6 @@ def test_scaling_float_unit_range_kept(tmp_path, rng):
     assert np.array_equal(image, raw)
 
 
-
 @pytest.mark.parametrize(("top", "scale"), [(250, 255.0), (4000, 4095.0), (60000, 65535.0)])
 def test_scaling_float_whole_numbers_like_integers(tmp_path, rng, top, scale):
     # Integer data stored as floats, as rioxarray's masked=True returns it.
@@ -187,6 +186,7 @@ def test_scaling_float_fractions_above_one_stretched(tmp_path, rng):
 
     assert source.band_scale.max() < 200.0
     assert source.band_offset.min() > 0.5
+
 
 def test_nodata_tag_exact_and_buffered(tmp_path, rng):
     raw = _rgb(rng, (40, 40))

@@ -41,6 +41,7 @@ app = typer.Typer(
 
 logger = logging.getLogger("tree_seg.cli")
 
+
 def _print_version(value: bool) -> None:
     if value:
         from tree_seg import __version__

@@ -55,6 +55,7 @@ __all__ = ["BatchItem", "EngineResult", "build_feature_store", "segment_many", "
 
 logger = logging.getLogger(__name__)
 
+
 @dataclass
 class EngineResult:
     """Outputs and record of one engine run.
