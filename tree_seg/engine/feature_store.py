@@ -21,13 +21,14 @@ and ``n_valid`` have one zarr chunk per feature chunk. A task writes
 ``features``, ``valid`` and ``n_valid`` before ``done``, so a chunk marked done
 is complete, and a run killed midway redoes only the chunks not marked.
 
-Each window runs through the backbone once, in the chunk that owns it
+Each window runs through the backbone once, for the chunk that owns it
 (:class:`~tree_seg.engine.layout.WindowOwnership`). A seam window, whose
 patches reach into other chunks, is computed first and kept in ``windows``
 until every chunk of the store is done; then ``windows`` and
 ``window_state`` are deleted. ``window_state`` has one zarr chunk per feature
-chunk, written after that chunk's seam windows, so a nonzero state means
-that the owner has finished.
+chunk. Only the process that runs the pass writes it, after a task's seam
+windows are in ``windows``, so a nonzero state means that the window is
+stored or has no valid pixels.
 
 The group attributes hold ``settings`` (everything that determines the
 features: the input file's identity, read settings, backbone and weights
@@ -80,7 +81,7 @@ FEATURE_STORE_FORMAT = 1
 """Version of the store layout; part of the settings, so a layout change invalidates old stores."""
 
 WINDOW_PENDING = 0
-"""Window state: its owner has not run the seam pass yet."""
+"""Window state: nothing recorded yet; a seam window in this state is still to compute."""
 
 WINDOW_STORED = 1
 """Window state: a seam window whose features are in the ``windows`` array."""

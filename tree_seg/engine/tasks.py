@@ -177,7 +177,8 @@ def seam_windows(context: FeatureTaskContext, work: SeamWork) -> tuple[list[tupl
     empty : list of (int, int)
         Origins of the windows without valid pixels.
     """
-    grid = context.ownership.grid
+    ownership = context.ownership
+    grid = ownership.grid
     seams = list(work.origins)
     read_rows, read_cols = kernels.window_read_bounds(grid, seams)
     image, valid_pixels = read_resampled(context.source, context.geometry, read_rows, read_cols)
@@ -186,7 +187,7 @@ def seam_windows(context: FeatureTaskContext, work: SeamWork) -> tuple[list[tupl
     computed = iter_window_features(kernels.BlockReader(image, read_rows, read_cols), grid,
                                     get_backbone(context.backbone), with_data, batch_size=context.batch_size)
 
-    written = context.store.write_seams(context.ownership, computed)
+    written = context.store.write_seams(ownership, computed)
     logger.debug("seam windows of chunk %s, part %d: %d computed, %d without valid pixels",
                  work.block.index, work.index[2], len(written), len(empty))
     return written, empty

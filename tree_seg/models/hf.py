@@ -68,7 +68,7 @@ def _find_folder(spec: BackboneSpec, weights: Path | None) -> Path:
         folder = Path(weights).expanduser()
         if folder.is_file():
             raise WeightsNotFoundError(
-                f"weights path {folder} for {spec.name} is a file: pass the folder that holds it, with "
+                f"weights path {folder} for {spec.name} is a file: pass the folder that contains it, with "
                 "config.json and model.safetensors"
             )
         if not folder.is_dir():
